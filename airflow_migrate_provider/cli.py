@@ -1,0 +1,113 @@
+"""``airflow-migrate``: validate, render, run, demo, status, shims. A thin layer over ``commands``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from airflow_migrate_provider import commands
+from airflow_migrate_provider.errors import MigrateError, PlanError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn YAML migration plans into Airflow DAGs and run them safely.")
+
+ConnOption = Annotated[list[str], typer.Option(
+    "--conn", help="CONN_ID=URI for a connection the plan names (repeatable). The URI is never printed.")]
+
+
+def _parse_conns(values: list[str]) -> dict[str, str]:
+    connections = {}
+    for value in values:
+        conn_id, sep, uri = value.partition("=")
+        if not sep or not conn_id or not uri:
+            _fail(f"--conn expects CONN_ID=URI, got '{conn_id}...'", code=2)
+        connections[conn_id] = uri
+    return connections
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _print_outcome(outcome: commands.RunOutcome) -> None:
+    typer.echo("\nTask states by phase:")
+    for phase, tasks in outcome.phases.items():
+        typer.echo(f"  {phase}")
+        for task_id, state in tasks.items():
+            typer.echo(f"    {task_id:<40} {state}")
+    typer.echo(f"\nLedger after the run:\n{outcome.summary}")
+    typer.echo(f"\nDAG run: {outcome.state}")
+
+
+@app.command()
+def validate(plans: Annotated[list[Path], typer.Argument(help="Plan files to check.")]) -> None:
+    """Check plan files; print every problem as path:line:col: message. Exit 1 if any."""
+    problems = commands.validate(plans)
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{len(plans)} plan(s) valid")
+
+
+@app.command()
+def render(plan: Path, dialect: Annotated[str, typer.Option(help="postgresql or sqlite")] = "postgresql",
+           conn: ConnOption = []) -> None:  # noqa: B006 - typer reads the default
+    """Print the task graph by TaskGroup and the SQL each task will run (a dry run; secrets masked)."""
+    typer.echo(commands.render(plan, dialect, _parse_conns(conn)))
+
+
+@app.command()
+def run(plan: Path, conn: ConnOption = [],  # noqa: B006
+        airflow_home: Annotated[Path | None, typer.Option(help="Airflow home (default: a temporary one)")] = None,
+        ) -> None:
+    """Run the plan's DAG locally (dag.test). Exit 0 when the run succeeds, 1 when it fails."""
+    outcome = commands.run(plan, _parse_conns(conn), airflow_home)
+    _print_outcome(outcome)
+    raise typer.Exit(0 if outcome.succeeded else 1)
+
+
+@app.command()
+def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the demo database")] = None,
+         users: int = 1000) -> None:
+    """Run the bundled "add user_preferences" plan against an embedded SQLite database."""
+    outcome, database = commands.demo(workdir, users)
+    typer.echo(f"\nDemo database: {database}")
+    _print_outcome(outcome)
+    raise typer.Exit(0 if outcome.succeeded else 1)
+
+
+@app.command()
+def status(plan: Path, conn: ConnOption = []) -> None:  # noqa: B006
+    """Show the ledger: steps applied, by which dag/run/try, when, and whether their checksum matches."""
+    typer.echo(commands.status(plan, _parse_conns(conn)))
+
+
+@app.command()
+def shims(plans_dir: Path) -> None:
+    """Write the two-line DAG file for every plan in PLANS_DIR that has none."""
+    from airflow_migrate_provider.dag_loader import ensure_plan_shims
+
+    for shim in ensure_plan_shims(plans_dir):
+        typer.echo(f"wrote {shim}")
+
+
+def main() -> None:
+    """Entry point: a MigrateError becomes one clear message and exit 1, never a traceback."""
+    try:
+        app()
+    except PlanError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        sys.exit(1)
+    except MigrateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

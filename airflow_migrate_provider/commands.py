@@ -1,0 +1,139 @@
+"""The public command API behind the ``airflow-migrate`` CLI (the CLI only parses and prints).
+
+Heavy imports (airflow) happen inside the commands that need them, after Airflow's environment is set.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem
+from airflow_migrate_provider.masking import mask_uri
+from airflow_migrate_provider.plan.loader import load_plan
+from airflow_migrate_provider.plan.model import Plan
+
+
+def validate(paths: list[str | Path]) -> list[PlanProblem]:
+    """Every problem in every plan file (empty when all are valid). Touches no database."""
+    problems: list[PlanProblem] = []
+    for path in paths:
+        try:
+            load_plan(path)
+        except PlanError as exc:
+            problems += exc.problems
+    return problems
+
+
+def _plan_conn_ids(plan: Plan) -> list[str]:
+    return sorted({plan.connections.target, plan.connections.source_or_target})
+
+
+def check_connections_given(plan: Plan, connections: dict[str, str]) -> None:
+    """Every connection id the plan names must be given (--conn) or defined in the environment."""
+    from airflow_migrate_provider.local_run import connection_env_name
+
+    missing = [c for c in _plan_conn_ids(plan) if c not in connections and connection_env_name(c) not in os.environ]
+    if missing:
+        raise ConnectionUnavailable(
+            "connection id(s) not defined: " + ", ".join(f"'{c}'" for c in missing)
+            + ". Pass --conn " + " --conn ".join(f"{c}=URI" for c in missing)
+            + " (e.g. postgresql://user:pass@host:5432/db or sqlite:////abs/path.db)"
+        )
+
+
+def render(path: str | Path, dialect: str = "postgresql", connections: dict[str, str] | None = None) -> str:
+    """The task graph by TaskGroup and the SQL each task will run, from the DAG the plan builds."""
+    from airflow_migrate_provider.dag_builder import build_dag
+
+    plan = load_plan(path)
+    dag = build_dag(plan)
+    lines = [f"DAG {dag.dag_id}: {len(dag.tasks)} tasks, dialect {dialect}",
+             f"connections: target={plan.connections.target}"
+             + (f" source={plan.connections.source}" if plan.connections.source else "")]
+    for conn_id, uri in sorted((connections or {}).items()):
+        lines.append(f"  {conn_id} = {mask_uri(uri)}")
+    current_group = None
+    for task in dag.topological_sort():
+        group = task.task_id.split(".", 1)[0] if "." in task.task_id else None
+        if group != current_group:
+            lines.append("")
+            lines.append(f"[{group}]" if group else "[outcome]")
+            current_group = group
+        kind = " (teardown)" if task.is_teardown else ""
+        lines.append(f"  {task.task_id}  <{type(task).__name__}>{kind} trigger_rule={task.trigger_rule}")
+        describe = getattr(task, "describe", None)
+        if describe is not None:
+            body = describe(dialect) if "dialect" in describe.__code__.co_varnames else describe()
+            lines += [f"      {line}" for line in body]
+    return "\n".join(lines)
+
+
+@dataclass
+class RunOutcome:
+    """How a local run went: the DagRun state, task states per phase, and the ledger summary."""
+
+    state: str
+    phases: dict[str, dict[str, str]]
+    summary: str
+    lock_holder: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "success"
+
+
+def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path | None = None) -> RunOutcome:
+    """Run a plan's DAG locally through dag.test() with a throwaway SQLite Airflow metadata DB."""
+    plan = load_plan(path)
+    check_connections_given(plan, connections)
+    from airflow_migrate_provider.local_run import define_connections, use_airflow_home
+
+    use_airflow_home(airflow_home)
+    define_connections(connections)
+    from airflow_migrate_provider.dag_builder import build_dag
+    from airflow_migrate_provider.local_run import init_metadata_db, run_dag, states_by_phase
+
+    init_metadata_db()
+    dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8")))
+    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), ledger_summary(plan))
+
+
+def ledger_summary(plan: Plan) -> str:
+    """The ledger of a plan's target as a table (needs the plan's connections defined)."""
+    from airflow_migrate_provider.core.ledger import Ledger
+    from airflow_migrate_provider.core.status import status_table
+    from airflow_migrate_provider.hooks.migration import MigrationHook
+
+    engine = MigrationHook(plan.connections.target).get_engine()
+    try:
+        return status_table(plan, Ledger(engine, plan.id))
+    finally:
+        engine.dispose()
+
+
+def status(path: str | Path, connections: dict[str, str]) -> str:
+    plan = load_plan(path)
+    check_connections_given(plan, connections)
+    from airflow_migrate_provider.local_run import define_connections
+
+    define_connections(connections)
+    return ledger_summary(plan)
+
+
+def demo(workdir: str | Path | None = None, users: int = 1000) -> tuple[RunOutcome, Path]:
+    """Seed an embedded SQLite app database and run the bundled example plan against it."""
+    from airflow_migrate_provider.demo import DEMO_CONN_ID, example_plan_path, seed_demo_database
+
+    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-migrate-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    database = base / "app.db"
+    if database.exists():
+        database.unlink()
+    seed_demo_database(database, users)
+    outcome = run(example_plan_path(), {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
+    return outcome, database

@@ -1,0 +1,35 @@
+"""The interface every dialect adapter implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import sqlparse
+from sqlalchemy.engine import Connection, Engine
+
+
+class Dialect(ABC):
+    """What the engine needs to know about one kind of database.
+
+    ``transactional_ddl`` decides whether a step's statements, its verification and its ledger record
+    commit together (PostgreSQL, SQLite) or statement by statement with progress recorded (MySQL).
+    """
+
+    name: str
+    transactional_ddl: bool
+
+    def prepare(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Adjust a freshly created engine (connection pragmas, transaction handling)."""
+
+    def quote(self, conn_or_engine: Connection | Engine, identifier: str) -> str:
+        """Quote an identifier with the database's own rules; never interpolate plan values unquoted."""
+        return conn_or_engine.dialect.identifier_preparer.quote_identifier(identifier)
+
+    def split(self, sql: str) -> list[str]:
+        """Split a SQL text into single statements (drivers like sqlite3 run one at a time)."""
+        statements = [s.strip() for s in sqlparse.split(sql)]
+        return [s.rstrip(";").rstrip() for s in statements if s and s.strip(";").strip()]
+
+    @abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when retrying the same work later can succeed (connection lost, lock timeout, deadlock)."""

@@ -1,0 +1,44 @@
+"""SQLite: transactional DDL once pysqlite's implicit transaction handling is switched off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.dialects.base import Dialect
+
+_PREPARED = "_airflow_migrate_prepared"
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    transactional_ddl = True
+
+    def prepare(self, engine: Engine) -> None:
+        # pysqlite commits DDL outside of any transaction unless we take over BEGIN ourselves
+        # (the recipe in SQLAlchemy's SQLite dialect docs); without this a failed step would leave
+        # half its DDL behind.
+        if getattr(engine, _PREPARED, False):
+            return
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA busy_timeout = 10000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        setattr(engine, _PREPARED, True)
+        engine.dispose()  # connections made before the listeners existed must not be reused
+
+    def is_transient(self, exc: BaseException) -> bool:
+        text = str(getattr(exc, "orig", exc)).lower()
+        return isinstance(exc, sa_exc.OperationalError) and ("locked" in text or "busy" in text)

@@ -1,0 +1,52 @@
+"""Keeps a run's lock alive while a long task works, so only a dead run's lock ever expires."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from airflow_migrate_provider.core.ledger import Lease, Ledger
+from airflow_migrate_provider.errors import LockLost, MigrateError
+
+log = logging.getLogger(__name__)
+
+
+class LockKeeper:
+    """Renews ``lease`` every ttl/3 seconds in a background thread until the block exits.
+
+    Work calls :meth:`check` before committing anything: if a renewal found the lock gone, the work
+    stops instead of racing another run.
+    """
+
+    def __init__(self, ledger: Ledger, lease: Lease, ttl_seconds: int):
+        self.ledger, self.lease, self.ttl = ledger, lease, ttl_seconds
+        self.interval = max(1.0, ttl_seconds / 3)
+        self._stop = threading.Event()
+        self._lost: LockLost | None = None
+        self._thread = threading.Thread(target=self._renew_loop, name="migrate-lock-keeper", daemon=True)
+
+    def __enter__(self) -> LockKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.lease = self.ledger.renew_lock(self.lease, self.ttl)
+            except LockLost as exc:
+                self._lost = exc
+                log.error("%s", exc)
+                return
+            except (MigrateError, Exception) as exc:  # a failed renewal is retried next interval
+                log.warning("Could not renew the migration lock (will retry): %s", exc)
+
+    def check(self) -> None:
+        """Raise LockLost if the lock was lost since the work began."""
+        if self._lost is not None:
+            raise self._lost

@@ -1,0 +1,97 @@
+"""Preflight: the checklist items that can be checked mechanically, before anything changes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.ledger import Lease, Ledger, RunIdentity
+from airflow_migrate_provider.core.steps import step_checksum
+from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed
+from airflow_migrate_provider.plan.model import Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreflightReport:
+    passed: list[str] = field(default_factory=list)
+    lease: Lease | None = None
+
+
+def check_reachable(engine: Engine, role: str, conn_id: str) -> None:
+    """SELECT 1 on the database, or ConnectionUnavailable naming the connection id (never its URI)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sa_exc.SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise ConnectionUnavailable(
+            f"the {role} database (Airflow connection '{conn_id}') is unreachable: "
+            f"{detail[0] if detail else type(exc).__name__}. Check the connection's host, port and "
+            f"credentials, and that the database server is running."
+        ) from exc
+
+
+def plan_checklist(plan: Plan) -> list[str]:
+    """Checklist failures visible in the plan itself (the model enforces most; this double-checks)."""
+    failures = []
+    for step in plan.steps:
+        if not step.irreversible and not step.down:
+            failures.append(f"step '{step.id}' is reversible but has no down SQL")
+        if not step.verify:
+            failures.append(f"step '{step.id}' has no verify query")
+    return failures
+
+
+def ledger_consistency(plan: Plan, ledger: Ledger) -> list[str]:
+    """Applied steps whose SQL was edited in the plan afterwards."""
+    failures = []
+    applied = ledger.applied()
+    for step in plan.steps:
+        row = applied.get(step.id)
+        if row is not None and row.checksum != step_checksum(step):
+            failures.append(
+                f"step '{step.id}' was applied by {row.by} but its SQL has been edited since (checksum "
+                f"{row.checksum[:12]} in the ledger, {step_checksum(step)[:12]} in the plan): restore the "
+                f"original SQL and add a new step, or revert it first"
+            )
+    return failures
+
+
+def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
+                  source: Engine | None = None) -> PreflightReport:
+    """Check everything that can be checked before the first change; take the run lock.
+
+    Raises ConnectionUnavailable or LockHeld at once (nothing else is meaningful then), otherwise
+    PreflightFailed listing every checklist item that does not hold.
+    """
+    report = PreflightReport()
+    check_reachable(target, "target", plan.connections.target)
+    if source is not None and plan.connections.source not in (None, plan.connections.target):
+        check_reachable(source, "source", plan.connections.source)
+    report.passed.append("connections reachable")
+
+    failures = plan_checklist(plan)
+    if not failures:
+        report.passed.append("every reversible step has a down; every step has a verify")
+
+    ledger.ensure()
+    report.lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)  # LockHeld: fail fast, naming the holder
+    how = ("re-entered" if report.lease.reentered else
+           f"taken over from {report.lease.took_over_from}" if report.lease.took_over_from else "acquired")
+    report.passed.append(f"run lock {how} until {report.lease.expires_at.isoformat(timespec='seconds')}")
+
+    edited = ledger_consistency(plan, ledger)
+    failures += edited
+    if not edited:
+        report.passed.append("ledger consistent with the plan (no applied step was edited)")
+    if failures:
+        raise PreflightFailed(failures)
+    for item in report.passed:
+        log.info("preflight ok: %s", item)
+    return report

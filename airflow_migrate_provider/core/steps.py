@@ -1,0 +1,207 @@
+"""Apply, revert and verify one schema step, recording every attempt in the ledger.
+
+What a step will do is data before it is done: :func:`actions_for` turns a step into the exact list of
+statements that are executed, rendered by ``airflow-migrate render`` and written to the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from airflow_migrate_provider.core.dialects import Dialect
+from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
+from airflow_migrate_provider.errors import ChecksumMismatch, MigrateError, StepFailed, VerificationFailed
+from airflow_migrate_provider.plan.model import SchemaStep
+
+log = logging.getLogger(__name__)
+FALSY_TEXT = {"", "0", "f", "false", "no", "n", "off"}
+
+
+class LockCheck(Protocol):
+    def check(self) -> None: ...
+
+
+class _NoLockCheck:
+    def check(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class StepActions:
+    """The statements of one step, split for the target's dialect."""
+
+    up: list[str]
+    down: list[str]
+    verify: list[str]
+    verify_down: list[str]
+    transactional: bool
+    irreversible: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepActions:
+        return cls(**data)
+
+
+@dataclass
+class StepResult:
+    """What happened to one step, for logs and the run summary."""
+
+    step_id: str
+    outcome: str  # applied | already_applied | reverted | verified
+    duration_s: float = 0.0
+    statements: int = 0
+    verified: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        checks = f"{len(self.verified)} verify quer{'y' if len(self.verified) == 1 else 'ies'} passed"
+        return (f"step '{self.step_id}' {self.outcome.replace('_', ' ')} in {self.duration_s:.2f} s "
+                f"({self.statements} statements; {checks})")
+
+
+def step_checksum(step: SchemaStep) -> str:
+    """SHA-256 of the step's SQL (up, down, verify, verify_down), insensitive to trailing whitespace."""
+    def norm(sqls: list[str]) -> list[str]:
+        return ["\n".join(line.rstrip() for line in s.strip().splitlines()) for s in sqls]
+
+    canonical = json.dumps({"up": norm(step.up), "down": norm(step.down), "verify": norm(step.verify),
+                            "verify_down": norm(step.verify_down)}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def actions_for(step: SchemaStep, dialect: Dialect) -> StepActions:
+    """The statements a step runs on ``dialect``, in order."""
+    def split_all(sqls: list[str]) -> list[str]:
+        return [stmt for sql in sqls for stmt in dialect.split(sql)]
+
+    return StepActions(
+        up=split_all(step.up), down=split_all(step.down),
+        verify=[v.strip().rstrip(";") for v in step.verify],
+        verify_down=[v.strip().rstrip(";") for v in step.verify_down],
+        transactional=dialect.transactional_ddl if step.transactional is None else step.transactional,
+        irreversible=step.irreversible,
+    )
+
+
+def is_truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in FALSY_TEXT
+    return bool(value)
+
+
+class StepRunner:
+    """Runs steps against one target engine on behalf of one Airflow task try."""
+
+    def __init__(self, engine: Engine, dialect: Dialect, ledger: Ledger, who: RunIdentity,
+                 lock: LockCheck | None = None):
+        self.engine, self.dialect, self.ledger, self.who = engine, dialect, ledger, who
+        self.lock: LockCheck = lock or _NoLockCheck()
+
+    # -- queries --------------------------------------------------------------------------------
+    def run_verify(self, conn: Connection, step_id: str, queries: list[str]) -> list[str]:
+        """Run verify queries; each must return a truthy first column. Returns the queries that passed."""
+        passed = []
+        for query in queries:
+            try:
+                row = conn.exec_driver_sql(query).first()
+            except sa_exc.SQLAlchemyError as exc:
+                raise VerificationFailed(step_id, query, f"the query raised: {_first_line(exc)}") from exc
+            if row is None:
+                raise VerificationFailed(step_id, query, "the query returned no rows")
+            if not is_truthy(row[0]):
+                raise VerificationFailed(step_id, query, f"the query returned {row[0]!r}, expected a true value")
+            passed.append(query)
+        return passed
+
+    def _execute(self, conn: Connection, step_id: str, action: str, statement: str) -> None:
+        try:
+            conn.exec_driver_sql(statement)
+        except sa_exc.SQLAlchemyError as exc:
+            raise StepFailed(step_id, action, statement, exc, self.dialect.is_transient(exc)) from exc
+
+    # -- apply ----------------------------------------------------------------------------------
+    def apply(self, step: SchemaStep) -> StepResult:
+        """Apply ``step`` unless the ledger says it is applied already (then a no-op)."""
+        checksum = step_checksum(step)
+        actions = actions_for(step, self.dialect)
+        previous = self.ledger.applied().get(step.id)
+        resume_from = 0
+        if previous is not None:
+            if previous.checksum != checksum:
+                raise ChecksumMismatch(self.ledger.plan_id, step.id, previous.checksum, checksum, previous.by)
+            if previous.status == "applied":
+                log.info("step '%s' already applied by %s at %s; nothing to do", step.id, previous.by,
+                         previous.finished_at)
+                return StepResult(step.id, "already_applied")
+            resume_from = previous.progress  # a non-transactional step stopped part way
+            log.info("step '%s' resumes after statement %d of %d (stopped in %s)", step.id, resume_from,
+                     len(actions.up), previous.by)
+        return self._run(step.id, "apply", checksum, actions, actions.up, actions.verify, resume_from)
+
+    def revert(self, applied: HistoryRow) -> StepResult:
+        """Revert a step with the down SQL recorded when it was applied (not the plan's current text)."""
+        actions = StepActions.from_json(applied.actions)
+        return self._run(applied.step_id, "revert", applied.checksum, actions, actions.down,
+                         actions.verify_down, 0)
+
+    def _run(self, step_id: str, action: str, checksum: str, actions: StepActions, statements: list[str],
+             verify: list[str], resume_from: int) -> StepResult:
+        done_status = "applied" if action == "apply" else "reverted"
+        row_id, started = self.ledger.start(step_id, action, checksum, actions.to_json(), self.who)
+        t0 = time.monotonic()
+        try:
+            if actions.transactional:
+                with self.engine.begin() as conn:
+                    for statement in statements:
+                        self._execute(conn, step_id, action, statement)
+                    passed = self.run_verify(conn, step_id, verify)
+                    self.lock.check()
+                    self.ledger.finish(row_id, done_status, started_at=started, verified=json.dumps(passed),
+                                       conn=conn)
+            else:
+                for index, statement in enumerate(statements[resume_from:], start=resume_from + 1):
+                    self.lock.check()
+                    with self.engine.begin() as conn:
+                        self._execute(conn, step_id, action, statement)
+                        self.ledger.record_progress(row_id, index, conn=conn)
+                with self.engine.begin() as conn:
+                    passed = self.run_verify(conn, step_id, verify)
+                self.ledger.finish(row_id, done_status, started_at=started, verified=json.dumps(passed))
+        except MigrateError as exc:
+            self.ledger.finish(row_id, "failed", started_at=started, error=str(exc))
+            raise
+        except sa_exc.SQLAlchemyError as exc:  # e.g. the commit itself failed
+            failure = StepFailed(step_id, action, "COMMIT", exc, self.dialect.is_transient(exc))
+            self.ledger.finish(row_id, "failed", started_at=started, error=str(failure))
+            raise failure from exc
+        result = StepResult(step_id, done_status, time.monotonic() - t0, len(statements), passed)
+        log.info("%s", result.summary())
+        return result
+
+    # -- verify only ----------------------------------------------------------------------------
+    def verify(self, step: SchemaStep) -> StepResult:
+        """Re-run a step's verify queries in a transaction that is rolled back (changes nothing)."""
+        t0 = time.monotonic()
+        with self.engine.connect() as conn:
+            try:
+                passed = self.run_verify(conn, step.id, [v.strip().rstrip(";") for v in step.verify])
+            finally:
+                conn.rollback()
+        result = StepResult(step.id, "verified", time.monotonic() - t0, 0, passed)
+        log.info("%s", result.summary())
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

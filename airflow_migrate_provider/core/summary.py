@@ -1,0 +1,29 @@
+"""The end-of-run summary table analysts read in the task log."""
+
+from __future__ import annotations
+
+from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+from airflow_migrate_provider.plan.model import Plan
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format(*header), line.format(*("-" * w for w in widths))]
+    out += [line.format(*map(str, r)) for r in rows]
+    return "\n".join(out)
+
+
+def run_summary_table(plan: Plan, ledger: Ledger, who: RunIdentity, task_states: dict[str, str]) -> str:
+    """One row per plan step: its state in the target after this run and what this run did to it."""
+    applied = ledger.applied()
+    mine = [r for r in ledger.rows() if r.dag_id == who.dag_id and r.run_id == who.run_id]
+    rows = []
+    for step in plan.steps:
+        done = [r for r in mine if r.step_id == step.id]
+        actions = ", ".join(f"{r.action} {r.status} (try {r.try_number}, {r.duration_s or 0:.2f}s)"
+                            for r in done) or "-"
+        state = "applied" if step.id in applied else "not applied"
+        task_state = next((s for t, s in task_states.items() if t.endswith(f".{step.id}")), "-")
+        rows.append([step.id, task_state, state, actions])
+    return format_table(["step", "task", "in target", "this run"], rows)

@@ -1,0 +1,51 @@
+"""Airflow connection → SQLAlchemy engine, through the providers' own hooks."""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.dialects import Dialect, dialect_for
+from airflow_migrate_provider.errors import ConnectionUnavailable
+
+
+class MigrationHook(BaseHook):
+    """Opens the databases a plan names by Airflow connection id.
+
+    It does not parse URIs itself: it asks the connection for its provider hook (PostgresHook,
+    SqliteHook, ...) and takes that hook's SQLAlchemy engine, so connection extras, SSL settings and
+    secrets backends work exactly as they do for every other Airflow task.
+    """
+
+    hook_name = "Database migration"
+
+    def __init__(self, conn_id: str, **kwargs: object):
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+
+    def get_engine(self) -> Engine:
+        try:
+            connection = self.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            raise ConnectionUnavailable(
+                f"Airflow connection '{self.conn_id}' is not defined: create it (Admin → Connections, "
+                f"`airflow connections add`, or an AIRFLOW_CONN_{self.conn_id.upper()} variable)"
+            ) from None
+        try:
+            db_hook = connection.get_hook()
+        except Exception as exc:  # the provider for this conn_type is missing or rejected the connection
+            raise ConnectionUnavailable(
+                f"Airflow connection '{self.conn_id}' (type '{connection.conn_type}') has no usable database "
+                f"hook: {exc}. Install the provider for that database type."
+            ) from exc
+        if not hasattr(db_hook, "get_sqlalchemy_engine"):
+            raise ConnectionUnavailable(
+                f"Airflow connection '{self.conn_id}' is of type '{connection.conn_type}', which is not a "
+                f"SQL database connection"
+            )
+        return db_hook.get_sqlalchemy_engine()
+
+    def get_engine_and_dialect(self) -> tuple[Engine, Dialect]:
+        engine = self.get_engine()
+        return engine, dialect_for(engine)

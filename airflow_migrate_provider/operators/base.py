@@ -1,0 +1,84 @@
+"""What every migration operator shares: the plan, the run identity, the target, error translation."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.dialects import Dialect
+from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+from airflow_migrate_provider.core.lock_keeper import LockKeeper
+from airflow_migrate_provider.core.steps import StepRunner
+from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError, StepFailed
+from airflow_migrate_provider.hooks.migration import MigrationHook
+from airflow_migrate_provider.plan.model import Plan
+
+FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+
+def airflow_error(exc: MigrateError) -> AirflowException:
+    """Retry only what can succeed on retry: lost connections and lock timeouts. Everything else
+    (verification, checksum, plan, SQL errors) fails at once and goes to rollback."""
+    transient = isinstance(exc, ConnectionUnavailable) or (isinstance(exc, StepFailed) and exc.transient)
+    return AirflowException(str(exc)) if transient else AirflowFailException(str(exc))
+
+
+class MigrationOperator(BaseOperator):
+    """Base for the plan's operators. ``plan`` is the validated plan as a JSON-able dict."""
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, plan: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.plan_data = plan
+
+    @property
+    def plan(self) -> Plan:
+        return Plan.model_validate(self.plan_data)
+
+    def who(self, context: Context) -> RunIdentity:
+        ti = context["ti"]
+        return RunIdentity(ti.dag_id, ti.run_id, int(ti.try_number or 1), socket.gethostname(), os.getpid())
+
+    def open_target(self) -> tuple[Engine, Dialect]:
+        return MigrationHook(self.plan.connections.target).get_engine_and_dialect()
+
+    @contextmanager
+    def runner(self, context: Context) -> Iterator[StepRunner]:
+        """A step runner holding this run's lock, renewed in the background while the task works."""
+        plan, who = self.plan, self.who(context)
+        engine, dialect = self.open_target()
+        try:
+            ledger = Ledger(engine, plan.id)
+            lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)
+            if lease.took_over_from:
+                self.log.warning("took over the expired run lock from %s", lease.took_over_from)
+            with LockKeeper(ledger, lease, plan.lock_ttl_seconds) as keeper:
+                yield StepRunner(engine, dialect, ledger, who, keeper)
+        finally:
+            engine.dispose()
+
+    def execute(self, context: Context) -> Any:
+        try:
+            return self.run_migration(context)
+        except MigrateError as exc:
+            raise airflow_error(exc) from exc
+
+    def run_migration(self, context: Context) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> list[str]:
+        """What this task will do, as lines for ``airflow-migrate render``."""
+        return []
+
+    def watched_states(self, context: Context, task_ids: list[str]) -> dict[str, str]:
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)
+        return {k: str(v) for k, v in states.get(ti.run_id, {}).items()}

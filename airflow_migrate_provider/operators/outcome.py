@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_migrate_provider.core.ledger import Ledger
+from airflow_migrate_provider.core.summary import run_summary_table
+from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
+
+
+class MigrationOutcomeOperator(MigrationOperator):
+    """The run's last word: logs the summary table, releases the run lock, and fails the run when any
+    phase failed, even if the rollback succeeded (so a rolled-back migration never shows as success)."""
+
+    def __init__(self, *, watched_task_ids: list[str], rollback_task_id: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.watched_task_ids = list(watched_task_ids)
+        self.rollback_task_id = rollback_task_id
+
+    def run_migration(self, context: Context) -> dict[str, Any]:
+        plan, who = self.plan, self.who(context)
+        states = self.watched_states(context, [*self.watched_task_ids, self.rollback_task_id])
+        failed = [t for t in self.watched_task_ids if states.get(t) in FAILED_STATES]
+        engine, _ = self.open_target()
+        try:
+            ledger = Ledger(engine, plan.id)
+            if ledger.exists():
+                self.log.info("migration summary\n%s", run_summary_table(plan, ledger, who, states))
+                if ledger.release_lock(who):
+                    self.log.info("released the run lock of plan '%s'", plan.id)
+        finally:
+            engine.dispose()
+        if failed:
+            rollback_state = states.get(self.rollback_task_id, "unknown")
+            raise AirflowFailException(
+                f"migration '{plan.id}' failed in {failed}; rollback task state: {rollback_state}. "
+                f"See the failed task's log for the cause and the rollback task's log for what was reverted."
+            )
+        return {"result": "success", "steps": len(plan.steps)}
+
+    def describe(self) -> list[str]:
+        return ["always runs last: summary table, releases the run lock, fails the run if any phase failed"]

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+
+from airflow_migrate_provider.core.ledger import Ledger
+from airflow_migrate_provider.core.preflight import run_preflight
+from airflow_migrate_provider.hooks.migration import MigrationHook
+from airflow_migrate_provider.operators.base import MigrationOperator
+
+
+class PreflightOperator(MigrationOperator):
+    """Checks connections, the plan checklist and the ledger, and takes the run lock."""
+
+    def run_migration(self, context: Context) -> dict[str, Any]:
+        plan, who = self.plan, self.who(context)
+        target, _ = self.open_target()
+        source = None
+        try:
+            if plan.connections.source and plan.connections.source != plan.connections.target:
+                source = MigrationHook(plan.connections.source).get_engine()
+            report = run_preflight(plan, target, Ledger(target, plan.id), who, source)
+        finally:
+            target.dispose()
+            if source is not None:
+                source.dispose()
+        return {"passed": report.passed}
+
+    def describe(self) -> list[str]:
+        return ["checks: target (and source) reachable; every reversible step has a down; every step has a "
+                "verify; ledger tables exist and no applied step was edited; takes the run lock"]
