@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule
 
@@ -75,7 +76,7 @@ def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None 
             trigger_rule=TriggerRule.ALL_DONE, retries=0, **common,
         )
         chain_tasks = [preflight, *step_tasks, verify]
-        for upstream, downstream in zip(chain_tasks, chain_tasks[1:]):
+        for upstream, downstream in pairwise(chain_tasks):
             upstream >> downstream
         verify >> rollback.as_teardown(setups=preflight)
         rollback >> outcome

@@ -87,7 +87,12 @@ class RevertFailed(MigrateError):
 
 
 class ConnectionUnavailable(MigrateError):
-    """A database named by the plan cannot be reached, or its connection id is not defined."""
+    """A database named by the plan cannot be reached (``transient``: retrying may help), or its
+    connection id is not defined / not a database (not transient)."""
+
+    def __init__(self, message: str, transient: bool = True):
+        self.transient = transient
+        super().__init__(message)
 
 
 class PreflightFailed(MigrateError):

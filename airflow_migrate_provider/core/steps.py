@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
 from airflow_migrate_provider.errors import ChecksumMismatch, MigrateError, StepFailed, VerificationFailed
-from airflow_migrate_provider.plan.model import SchemaStep
+from airflow_migrate_provider.plan.model import Plan, SchemaStep
 
 log = logging.getLogger(__name__)
 FALSY_TEXT = {"", "0", "f", "false", "no", "n", "off"}
@@ -147,6 +147,22 @@ class StepRunner:
             log.info("step '%s' resumes after statement %d of %d (stopped in %s)", step.id, resume_from,
                      len(actions.up), previous.by)
         return self._run(step.id, "apply", checksum, actions, actions.up, actions.verify, resume_from)
+
+    def apply_through(self, plan: Plan, step_id: str) -> list[StepResult]:
+        """Bring the target to the state right after ``step_id``: apply, in plan order, every step up to it
+        that is not applied. Clearing only a failed task after a rollback reverted its predecessors thus
+        re-applies them first instead of failing on their missing changes."""
+        applied = self.ledger.applied()
+        results = []
+        for step in plan.steps:
+            if step.id != step_id and step.id not in applied:
+                log.warning("earlier step '%s' is not applied in the target (reverted by a rollback?); "
+                            "applying it first", step.id)
+            if step.id == step_id or step.id not in applied:
+                results.append(self.apply(step))
+            if step.id == step_id:
+                return results
+        raise KeyError(f"plan '{plan.id}' has no step '{step_id}'")
 
     def revert(self, applied: HistoryRow) -> StepResult:
         """Revert a step with the down SQL recorded when it was applied (not the plan's current text)."""

@@ -7,8 +7,8 @@ from airflow_migrate_provider.plan.model import Plan
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), line.format(*("-" * w for w in widths))]
     out += [line.format(*map(str, r)) for r in rows]
     return "\n".join(out)

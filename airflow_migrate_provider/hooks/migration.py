@@ -30,19 +30,22 @@ class MigrationHook(BaseHook):
         except AirflowNotFoundException:
             raise ConnectionUnavailable(
                 f"Airflow connection '{self.conn_id}' is not defined: create it (Admin → Connections, "
-                f"`airflow connections add`, or an AIRFLOW_CONN_{self.conn_id.upper()} variable)"
+                f"`airflow connections add`, or an AIRFLOW_CONN_{self.conn_id.upper()} variable)",
+                transient=False,
             ) from None
         try:
             db_hook = connection.get_hook()
         except Exception as exc:  # the provider for this conn_type is missing or rejected the connection
             raise ConnectionUnavailable(
                 f"Airflow connection '{self.conn_id}' (type '{connection.conn_type}') has no usable database "
-                f"hook: {exc}. Install the provider for that database type."
+                f"hook: {exc}. Install the provider for that database type.",
+                transient=False,
             ) from exc
         if not hasattr(db_hook, "get_sqlalchemy_engine"):
             raise ConnectionUnavailable(
                 f"Airflow connection '{self.conn_id}' is of type '{connection.conn_type}', which is not a "
-                f"SQL database connection"
+                f"SQL database connection",
+                transient=False,
             )
         return db_hook.get_sqlalchemy_engine()
 

@@ -17,10 +17,11 @@ class ApplyStepOperator(MigrationOperator):
         self.step_id = step_id
 
     def run_migration(self, context: Context) -> dict[str, Any]:
-        step = self.plan.step(self.step_id)
         with self.runner(context) as runner:
-            result = runner.apply(step)
-        return {"step": step.id, "outcome": result.outcome, "duration_s": round(result.duration_s, 3)}
+            results = runner.apply_through(self.plan, self.step_id)
+        result = results[-1]
+        return {"step": result.step_id, "outcome": result.outcome, "duration_s": round(result.duration_s, 3),
+                "also_applied": [r.step_id for r in results[:-1]]}
 
     def describe(self, dialect: str = "postgresql") -> list[str]:
         step = self.plan.step(self.step_id)

@@ -26,7 +26,7 @@ FAILED_STATES = frozenset({"failed", "upstream_failed"})
 def airflow_error(exc: MigrateError) -> AirflowException:
     """Retry only what can succeed on retry: lost connections and lock timeouts. Everything else
     (verification, checksum, plan, SQL errors) fails at once and goes to rollback."""
-    transient = isinstance(exc, ConnectionUnavailable) or (isinstance(exc, StepFailed) and exc.transient)
+    transient = isinstance(exc, (ConnectionUnavailable, StepFailed)) and exc.transient
     return AirflowException(str(exc)) if transient else AirflowFailException(str(exc))
 
 

@@ -4,10 +4,13 @@ from typing import Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.exc import SQLAlchemyError
 
-from airflow_migrate_provider.core.ledger import Ledger
+from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.summary import run_summary_table
+from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError
 from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
+from airflow_migrate_provider.plan.model import Plan
 
 
 class MigrationOutcomeOperator(MigrationOperator):
@@ -23,15 +26,10 @@ class MigrationOutcomeOperator(MigrationOperator):
         plan, who = self.plan, self.who(context)
         states = self.watched_states(context, [*self.watched_task_ids, self.rollback_task_id])
         failed = [t for t in self.watched_task_ids if states.get(t) in FAILED_STATES]
-        engine, _ = self.open_target()
         try:
-            ledger = Ledger(engine, plan.id)
-            if ledger.exists():
-                self.log.info("migration summary\n%s", run_summary_table(plan, ledger, who, states))
-                if ledger.release_lock(who):
-                    self.log.info("released the run lock of plan '%s'", plan.id)
-        finally:
-            engine.dispose()
+            self._summarize_and_release(plan, who, states)
+        except MigrateError as exc:  # e.g. the target is unreachable: still report the run's outcome
+            self.log.warning("could not read the ledger or release the run lock: %s", exc)
         if failed:
             rollback_state = states.get(self.rollback_task_id, "unknown")
             raise AirflowFailException(
@@ -39,6 +37,19 @@ class MigrationOutcomeOperator(MigrationOperator):
                 f"See the failed task's log for the cause and the rollback task's log for what was reverted."
             )
         return {"result": "success", "steps": len(plan.steps)}
+
+    def _summarize_and_release(self, plan: Plan, who: RunIdentity, states: dict[str, str]) -> None:
+        engine, _ = self.open_target()
+        try:
+            ledger = Ledger(engine, plan.id)
+            if ledger.exists():
+                self.log.info("migration summary\n%s", run_summary_table(plan, ledger, who, states))
+                if ledger.release_lock(who):
+                    self.log.info("released the run lock of plan '%s'", plan.id)
+        except SQLAlchemyError as exc:
+            raise ConnectionUnavailable(f"target database error: {exc.__class__.__name__}") from exc
+        finally:
+            engine.dispose()
 
     def describe(self) -> list[str]:
         return ["always runs last: summary table, releases the run lock, fails the run if any phase failed"]

@@ -17,6 +17,9 @@ from airflow_migrate_provider.errors import PlanError, PlanProblem
 from airflow_migrate_provider.plan.model import DUPLICATE_STEP_ID, STEP_KINDS, Plan, duplicate_step_ids
 
 Loc = tuple[str | int, ...]
+SELF_DESCRIBING_ERRORS = frozenset(
+    {"sql_list", "missing_down", "irreversible_with_down", "step_id", "plan_id", "conn_id", DUPLICATE_STEP_ID}
+)
 CORE_TAGS = {
     "tag:yaml.org,2002:" + name
     for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
@@ -88,7 +91,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{loc}: unknown step kind '{error['ctx']['tag']}' (known kinds: {error['ctx']['expected_tags']})"
     message = error["msg"]
     # custom errors already name their subject; built-in ones need the field and what was given
-    if kind in {"sql_list", "missing_down", "irreversible_with_down", "step_id", "plan_id", "conn_id", DUPLICATE_STEP_ID}:
+    if kind in SELF_DESCRIBING_ERRORS:
         return f"{loc}: {message}" if loc else message
     given = error.get("input")
     shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__

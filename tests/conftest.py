@@ -1,0 +1,184 @@
+"""Test fixtures: a throwaway Airflow home, and real databases (SQLite files, PostgreSQL databases).
+
+How PostgreSQL is found (DESIGN.md "Real components"): ``MIGRATE_TEST_PG_URL``, then pytest-docker where
+a Docker engine works, then the local server on 127.0.0.1:5432. With ``CI=true`` a missing server fails
+the tests that need it instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Airflow reads its configuration on first import: this must run before anything imports airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-migrate-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_AIRFLOW_HOME / "dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+(_AIRFLOW_HOME / "dags").mkdir(parents=True, exist_ok=True)
+
+LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TestDatabase:
+    """One empty database for one test: how SQLAlchemy and how Airflow connections reach it."""
+
+    __test__ = False
+    dialect: str  # postgresql | sqlite
+    sqlalchemy_url: str
+    airflow_uri: str
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _docker_usable() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _missing_service(message: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing database service is a failure, not a skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(REPO / "docker" / "docker-compose.test.yml")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(request: pytest.FixtureRequest) -> str:
+    """An admin URL (Airflow/libpq form) of a PostgreSQL server where tests may create databases."""
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("MIGRATE_TEST_PG_URL")
+    if not url and _docker_usable():
+        ip = request.getfixturevalue("docker_ip")
+        services = request.getfixturevalue("docker_services")
+        port = services.port_for("postgres", 5432)
+        services.wait_until_responsive(check=lambda: _port_open(ip, port), timeout=60, pause=0.5)
+        url = f"postgresql://postgres:postgres@{ip}:{port}/postgres"
+    url = url or LOCAL_PG_URL
+    parsed = make_url(url)
+    if not _port_open(parsed.host or "127.0.0.1", parsed.port or 5432):
+        _missing_service(f"PostgreSQL is not reachable at {parsed.host}:{parsed.port}")
+    return url
+
+
+def _sqlalchemy_pg(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def pg_database(pg_server_url: str) -> Iterator[TestDatabase]:
+    """A uniquely named, empty PostgreSQL database, dropped after the test."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"migtest_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(_sqlalchemy_pg(pg_server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # server up but refusing us
+        admin.dispose()
+        _missing_service(f"cannot create a PostgreSQL test database: {exc}")
+    server = make_url(pg_server_url)
+    airflow_uri = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield TestDatabase("postgresql", _sqlalchemy_pg(airflow_uri), airflow_uri)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> TestDatabase:
+    path = (tmp_path / "target.sqlite").resolve()
+    return TestDatabase("sqlite", f"sqlite:///{path}", f"sqlite:///{path}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> TestDatabase:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    fixture = "sqlite_database" if request.param == "sqlite" else "pg_database"
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def engine(database: TestDatabase):
+    """A SQLAlchemy engine on ``database``, prepared by our dialect adapter."""
+    from sqlalchemy import create_engine
+
+    from airflow_migrate_provider.core.dialects import dialect_for
+
+    eng = create_engine(database.sqlalchemy_url)
+    dialect_for(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata DB, created once per test session (about 3 s)."""
+    from airflow_migrate_provider.local_run import init_metadata_db
+
+    init_metadata_db()
+    return _AIRFLOW_HOME
+
+
+def fingerprint_of(url: str) -> dict:
+    """Schema and data of every non-ledger table: what "equal to the starting state" means in tests."""
+    from sqlalchemy import create_engine, inspect, text
+
+    eng = create_engine(url)
+    try:
+        insp = inspect(eng)
+        result: dict = {}
+        for table in sorted(t for t in insp.get_table_names() if not t.startswith("airflow_migrate_")):
+            quoted = eng.dialect.identifier_preparer.quote(table)
+            with eng.connect() as conn:
+                rows = sorted(tuple(map(str, r)) for r in conn.execute(text(f"SELECT * FROM {quoted}")))
+            result[table] = {
+                "columns": [(c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                            for c in insp.get_columns(table)],
+                "pk": insp.get_pk_constraint(table).get("constrained_columns"),
+                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                                  for i in insp.get_indexes(table)),
+                "foreign_keys": sorted((tuple(f["constrained_columns"]), f["referred_table"],
+                                        tuple(f["referred_columns"])) for f in insp.get_foreign_keys(table)),
+                "uniques": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
+                "rows": rows,
+            }
+        return result
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def fingerprint():
+    """``fingerprint(TestDatabase)`` → comparable schema+data snapshot, excluding the ledger."""
+    return lambda db: fingerprint_of(db.sqlalchemy_url)

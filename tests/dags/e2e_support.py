@@ -1,0 +1,69 @@
+"""Support for end-to-end DAG tests: example plans with unique ids, seeded databases."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import create_engine, text
+
+from airflow_migrate_provider.demo import example_plan_path, seed_demo_database
+
+REPO = Path(__file__).resolve().parents[2]
+PG_EXAMPLE = REPO / "dags" / "plans" / "add_user_preferences.yaml"
+_ids = itertools.count(1)
+
+PG_SEED = """
+CREATE TABLE users (
+    id bigint PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    name text,
+    theme text,
+    notifications_enabled boolean NOT NULL DEFAULT true
+);
+INSERT INTO users (id, email, name, theme, notifications_enabled)
+SELECT i, 'user' || i || '@example.com', 'User ' || i,
+       (ARRAY['light', 'dark', 'solarized', NULL])[1 + i % 4], i % 3 <> 0
+FROM generate_series(1, 500) AS i;
+"""
+
+
+def seed(db: Any) -> None:
+    """The application database before the migration (users with theme/notification columns)."""
+    if db.dialect == "sqlite":
+        seed_demo_database(Path(db.sqlalchemy_url.removeprefix("sqlite:///")), users=500)
+        return
+    eng = create_engine(db.sqlalchemy_url)
+    with eng.begin() as conn:
+        for statement in PG_SEED.split(";"):
+            if statement.strip():
+                conn.execute(text(statement))
+    eng.dispose()
+
+
+def example_plan(dialect: str, mutate: Callable[[dict], None] | None = None) -> dict:
+    """The example plan for ``dialect`` as a dict, with a unique id so every test has its own DAG."""
+    path = example_plan_path() if dialect == "sqlite" else PG_EXAMPLE
+    data = yaml.safe_load(path.read_text())
+    data["id"] = f"e2e_{dialect}_{next(_ids)}"
+    if mutate:
+        mutate(data)
+    return data
+
+
+def break_verify(step_index: int) -> Callable[[dict], None]:
+    """Fault injection: step ``step_index``'s verify query returns false."""
+    def mutate(data: dict) -> None:
+        data["steps"][step_index]["verify"] = ["SELECT 1 = 0"]
+    return mutate
+
+
+def states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+FIXED_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
