@@ -96,6 +96,14 @@ def shims(plans_dir: Path) -> None:
         typer.echo(f"wrote {shim}")
 
 
+@app.command()
+def reference() -> None:
+    """Print the plan reference (Markdown) generated from the plan model."""
+    from airflow_migrate_provider.plan.reference import plan_reference_markdown
+
+    typer.echo(plan_reference_markdown(), nl=False)
+
+
 def main() -> None:
     """Entry point: a MigrateError becomes one clear message and exit 1, never a traceback."""
     try:

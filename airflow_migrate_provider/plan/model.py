@@ -65,7 +65,7 @@ class Connections(StrictModel):
 class SchemaStep(StrictModel):
     """A schema (DDL/DML) step: ``up`` applies it, ``down`` reverts it, ``verify`` proves it held."""
 
-    kind: Literal["schema"] = "schema"
+    kind: Literal["schema"] = Field(default="schema", description="The step kind; `schema` may be omitted.")
     id: str = Field(description="Unique step id within the plan: letters, digits and _ (max 63).")
     description: str = Field(default="", description="What the step does, shown in the task's docs.")
     up: SqlList = Field(min_length=1, description="SQL that applies the step.")
@@ -139,7 +139,7 @@ class Plan(StrictModel):
 
     id: str = Field(description="Plan id; also the Airflow dag_id. Letters, digits and _ (max 63).")
     description: str = Field(default="", description="What the migration is for; shown in the DAG docs.")
-    connections: Connections
+    connections: Connections = Field(description="Airflow connection ids of the target (and source).")
     steps: list[Step] = Field(min_length=1, description="Ordered steps; applied first to last.")
     tags: list[str] = Field(default_factory=list, description="Airflow DAG tags.")
     lock_ttl_seconds: int = Field(

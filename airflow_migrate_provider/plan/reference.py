@@ -1,0 +1,69 @@
+"""The plan reference (docs/plan-reference.md), generated from the model so docs never drift."""
+
+from __future__ import annotations
+
+import types
+import typing
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from airflow_migrate_provider.plan.model import Connections, Plan, SchemaStep
+
+SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("Plan (top level)", Plan, ""),
+    ("`connections`", Connections, ""),
+    ("Step `kind: schema` (the default)", SchemaStep,
+     "SQL fields take one SQL text or a list of them; a text may hold several statements separated by `;`."),
+]
+
+
+def _type_name(annotation: object) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args]
+        return "step (see below)" if "SchemaStep" in names else " | ".join(names)
+    if origin is list:
+        inner = _type_name(args[0])
+        if inner == "SchemaStep" or inner.startswith("step"):
+            return "list of steps (see below)"
+        return "SQL text or list of SQL texts" if inner == "str" and annotation != list[str] else f"list of {inner}"
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "null")
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        return f"`{field.default_factory()!r}`"
+    if field.default is PydanticUndefined:
+        return ""
+    return f"`{field.default!r}`" if field.default is not None else "`null`"
+
+
+def plan_reference_markdown() -> str:
+    lines = ["# Plan reference", "",
+             "Generated from `airflow_migrate_provider/plan/model.py` by `airflow-migrate reference`; "
+             "do not edit by hand. Unknown keys are errors; values are not coerced between types "
+             "(`\"10\"` is not an integer, `\"yes\"` is not a boolean).", ""]
+    for title, model, note in SECTIONS:
+        lines += [f"## {title}", ""]
+        if note:
+            lines += [note, ""]
+        lines += ["| key | type | default | description |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            description = (field.description or "").replace("|", "\\|").replace("\n", " ")
+            constraints = [f"{label} {getattr(m, attr)}" for m in field.metadata
+                           for attr, label in (("ge", "≥"), ("le", "≤"), ("min_length", "at least"))
+                           if hasattr(m, attr)]
+            if constraints:
+                description += f" ({', '.join(constraints)})"
+            type_name = _type_name(field.annotation).replace("|", "or")
+            lines.append(f"| `{name}` | {type_name} | {_default(field)} | {description} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""The airflow-migrate console script, run as a user would: demo, run, render, status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from e2e_support import break_verify, example_plan, seed
+
+pytestmark = [pytest.mark.dag, pytest.mark.timeout(240)]
+CLI = str(Path(sys.executable).parent / "airflow-migrate")
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=200, cwd=cwd)
+
+
+def write_plan(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / f"{data['id']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_demo_runs_the_example_plan_on_sqlite(tmp_path):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "DAG run: success" in out
+    for step in ("create_user_preferences", "index_updated_at", "move_preferences"):
+        assert f"steps.{step}" in out
+    assert "verify.verify_steps                      success" in out
+    assert "Traceback" not in out
+
+
+def test_run_exits_1_when_the_migration_fails_and_status_shows_the_ledger(pg_database, tmp_path):
+    seed(pg_database)
+    plan = write_plan(tmp_path, example_plan("postgresql", break_verify(2)))
+    conn = f"app_db={pg_database.airflow_uri}"
+
+    result = cli("run", str(plan), "--conn", conn, "--airflow-home", str(tmp_path / "home"))
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "rollback.revert_applied                  success" in result.stdout
+    assert "DAG run: failed" in result.stdout
+
+    status = cli("status", str(plan), "--conn", conn)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "create_user_preferences  not applied" in status.stdout
+    assert "last: revert reverted" in status.stdout
+    assert "lock: free" in status.stdout
+
+
+def test_run_without_the_plans_connection_is_refused_before_anything_runs(tmp_path):
+    plan = write_plan(tmp_path, example_plan("sqlite"))
+
+    result = cli("run", str(plan))
+
+    assert result.returncode == 1
+    assert "connection id(s) not defined: 'app_db'. Pass --conn app_db=URI" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path):
+    plan = write_plan(tmp_path, example_plan("postgresql"))
+
+    result = cli("render", str(plan), "--conn", "app_db=postgresql://app:hunter2@db.internal:5432/app")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "app_db = postgresql://app:***@db.internal:5432/app" in out
+    assert "hunter2" not in out
+    for group in ("[preflight]", "[steps]", "[verify]", "[rollback]", "[outcome]"):
+        assert group in out
+    assert "CREATE TABLE user_preferences (" in out
+    assert "DROP TABLE user_preferences" in out
+    assert "rollback.revert_applied  <RollbackOperator> (teardown)" in out
+
+
+def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path):
+    plan = tmp_path / "broken.yaml"
+    plan.write_text("id: x\nconnections: {target: a}\nsteps: []\n")
+
+    result = cli("render", str(plan))
+
+    assert result.returncode == 1
+    assert f"{plan}:3:1: steps:" in result.stderr
+    assert "Traceback" not in result.stderr
