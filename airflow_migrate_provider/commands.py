@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_migrate_provider.core.dialects import dialect_named
 from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem
 from airflow_migrate_provider.masking import mask_uri
 from airflow_migrate_provider.plan.loader import load_plan
@@ -48,7 +49,9 @@ def check_connections_given(plan: Plan, connections: dict[str, str]) -> None:
 def render(path: str | Path, dialect: str = "postgresql", connections: dict[str, str] | None = None) -> str:
     """The task graph by TaskGroup and the SQL each task will run, from the DAG the plan builds."""
     from airflow_migrate_provider.dag_builder import build_dag
+    from airflow_migrate_provider.operators.base import MigrationOperator
 
+    dialect_named(dialect)  # an unknown dialect is an error before anything else
     plan = load_plan(path)
     dag = build_dag(plan)
     lines = [f"DAG {dag.dag_id}: {len(dag.tasks)} tasks, dialect {dialect}",
@@ -65,10 +68,8 @@ def render(path: str | Path, dialect: str = "postgresql", connections: dict[str,
             current_group = group
         kind = " (teardown)" if task.is_teardown else ""
         lines.append(f"  {task.task_id}  <{type(task).__name__}>{kind} trigger_rule={task.trigger_rule}")
-        describe = getattr(task, "describe", None)
-        if describe is not None:
-            body = describe(dialect) if "dialect" in describe.__code__.co_varnames else describe()
-            lines += [f"      {line}" for line in body]
+        if isinstance(task, MigrationOperator):
+            lines += [f"      {line}" for line in task.describe(dialect)]
     return "\n".join(lines)
 
 

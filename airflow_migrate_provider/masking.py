@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 _PASSWORD_IN_TEXT = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@", re.I)
+_SECRET_PARAM = r"(?i)(password|passwd|secret|token|key)=[^&]*"
+_SECRET_PARAM_IN_TEXT = re.compile(r"(?i)([?&][\w.\-]*(?:password|passwd|secret|token|key)=)[^&\s]*")
 
 
 def mask_uri(uri: str) -> str:
@@ -14,13 +16,18 @@ def mask_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return "***"
-    netloc = parts.netloc
+    # Edit the original text rather than urlunsplit() it: that drops an empty authority and turns
+    # sqlite:////abs/path.db into sqlite://abs/path.db.
+    masked = uri
     if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = re.sub(r"(?i)(password|passwd|secret|token|key)=[^&]*", r"\1=***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        userinfo, _, host = parts.netloc.rpartition("@")
+        masked = masked.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{host}", 1)
+    if parts.query:
+        masked = masked.replace(f"?{parts.query}", "?" + re.sub(_SECRET_PARAM, r"\1=***", parts.query), 1)
+    return masked
 
 
 def mask_text(text: str) -> str:
     """Mask credentials of any URI embedded in free text (e.g. a driver's error message)."""
-    return _PASSWORD_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _PASSWORD_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_PARAM_IN_TEXT.sub(r"\1***", text)

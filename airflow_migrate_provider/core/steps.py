@@ -64,9 +64,16 @@ class StepResult:
     verified: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        checks = f"{len(self.verified)} verify quer{'y' if len(self.verified) == 1 else 'ies'} passed"
+        """One log line: the step, what happened, how long, and what was verified."""
+        checks = "; ".join(_one_line(q) for q in self.verified) or "nothing"
+        done = f"{self.statements} statement{'s' if self.statements != 1 else ''}; " if self.statements else ""
         return (f"step '{self.step_id}' {self.outcome.replace('_', ' ')} in {self.duration_s:.2f} s "
-                f"({self.statements} statements; {checks})")
+                f"({done}verified {len(self.verified)}: {checks})")
+
+
+def _one_line(sql: str, width: int = 90) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def step_checksum(step: SchemaStep) -> str:

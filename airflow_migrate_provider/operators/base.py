@@ -74,8 +74,8 @@ class MigrationOperator(BaseOperator):
     def run_migration(self, context: Context) -> Any:
         raise NotImplementedError
 
-    def describe(self) -> list[str]:
-        """What this task will do, as lines for ``airflow-migrate render``."""
+    def describe(self, dialect: str = "postgresql") -> list[str]:
+        """What this task will do on ``dialect``, as lines for ``airflow-migrate render``."""
         return []
 
     def watched_states(self, context: Context, task_ids: list[str]) -> dict[str, str]:

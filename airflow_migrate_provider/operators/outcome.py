@@ -51,5 +51,5 @@ class MigrationOutcomeOperator(MigrationOperator):
         finally:
             engine.dispose()
 
-    def describe(self) -> list[str]:
+    def describe(self, dialect: str = "postgresql") -> list[str]:
         return ["always runs last: summary table, releases the run lock, fails the run if any phase failed"]

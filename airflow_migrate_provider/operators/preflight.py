@@ -27,6 +27,6 @@ class PreflightOperator(MigrationOperator):
                 source.dispose()
         return {"passed": report.passed}
 
-    def describe(self) -> list[str]:
+    def describe(self, dialect: str = "postgresql") -> list[str]:
         return ["checks: target (and source) reachable; every reversible step has a down; every step has a "
                 "verify; ledger tables exist and no applied step was edited; takes the run lock"]

@@ -31,7 +31,7 @@ class RollbackOperator(MigrationOperator):
         return {"reverted": [r.step_id for r in report.reverted], "stopped_at": report.stopped_at,
                 "left_applied": report.left_applied}
 
-    def describe(self) -> list[str]:
+    def describe(self, dialect: str = "postgresql") -> list[str]:
         return ["teardown: runs only when a phase failed; reverts, newest first, exactly the steps this run "
                 "applied (from the ledger), each with the down SQL recorded when it was applied, then its "
                 "verify_down; stops at an irreversible step"]

@@ -23,5 +23,5 @@ class VerifyStepsOperator(MigrationOperator):
         self.log.info("verification passed: %d queries over %d steps", total, len(results))
         return {"steps": len(results), "queries_passed": total}
 
-    def describe(self) -> list[str]:
+    def describe(self, dialect: str = "postgresql") -> list[str]:
         return [f"re-runs the verify queries of all {len(self.plan.steps)} steps (read-only)"]

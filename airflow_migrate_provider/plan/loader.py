@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from yaml.constructor import SafeConstructor
 
 from airflow_migrate_provider.errors import PlanError, PlanProblem
 from airflow_migrate_provider.plan.model import DUPLICATE_STEP_ID, STEP_KINDS, Plan, duplicate_step_ids
@@ -48,28 +49,52 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _walk(node: yaml.Node, loc: Loc, pos: _Positions, problems: list[tuple[Loc, str]]) -> None:
-    """Record positions, and reject duplicate keys and non-core tags, which yaml.safe_load accepts silently."""
+def _node_kind(tag: str) -> type[yaml.Node]:
+    return {"tag:yaml.org,2002:map": yaml.MappingNode, "tag:yaml.org,2002:seq": yaml.SequenceNode}.get(
+        tag, yaml.ScalarNode)
+
+
+def _walk(node: yaml.Node, loc: Loc, pos: _Positions, problems: list[tuple[Loc, str]],
+          walked: set[int] | None = None) -> None:
+    """Record positions, and reject what yaml.safe_load accepts silently (duplicate keys, non-core tags)
+    or fails on without a position (values that cannot be constructed, non-scalar keys)."""
+    walked = set() if walked is None else walked
     pos.value_at[loc] = _mark(node)
+    if id(node) in walked:
+        return  # an alias of a node checked where it was anchored; walking it again is exponential
+    walked.add(id(node))
     if node.tag not in CORE_TAGS:
         problems.append((loc, f"YAML tag '{node.tag}' is not allowed in a plan; write a plain value"))
         return
-    if isinstance(node, yaml.MappingNode):
+    if not isinstance(node, _node_kind(node.tag)):
+        problems.append((loc, f"YAML tag '{node.tag}' does not fit this value; write a plain value"))
+        return
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            SafeConstructor().construct_object(node)
+        except Exception as exc:  # ValueError, KeyError, ... from PyYAML's constructors
+            kind = node.tag.rsplit(":", 1)[-1]
+            problems.append((loc, f"'{node.value}' is not a valid YAML {kind} ({exc}); quote it to make it text"))
+    elif isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            if key == "<<":
-                problems.append((loc, "YAML merge keys (<<) are not allowed in a plan; write keys out"))
+            if not isinstance(key_node, yaml.ScalarNode):
+                pos.value_at[(*loc, "?")] = _mark(key_node)
+                problems.append(((*loc, "?"), "mapping keys must be plain text, not lists or mappings"))
                 continue
+            key = key_node.value
             child = (*loc, key)
             pos.key_at[child] = _mark(key_node)
+            if key == "<<":
+                problems.append((child, "YAML merge keys (<<) are not allowed in a plan; write keys out"))
+                continue
             if key in seen:
                 problems.append((child, f"duplicate key '{key}'"))
             seen.add(key)
-            _walk(value_node, child, pos, problems)
+            _walk(value_node, child, pos, problems, walked)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _walk(item, (*loc, index), pos, problems)
+            _walk(item, (*loc, index), pos, problems, walked)
 
 
 def _user_loc(loc: Loc) -> Loc:
@@ -87,6 +112,10 @@ def _describe(error: dict[str, Any]) -> str:
                                                       if len(error["loc"]) > 1 else "")
     if kind == "missing":
         return f"missing required key '{loc}'"
+    if kind == "union_tag_not_found":
+        if isinstance(error.get("input"), dict):
+            return f"{loc}: `kind` must be text (known kinds: {', '.join(sorted(STEP_KINDS))})"
+        return f"{loc}: a step must be a mapping with id, up, down and verify (got {error.get('input')!r})"
     if kind == "union_tag_invalid":
         return f"{loc}: unknown step kind '{error['ctx']['tag']}' (known kinds: {error['ctx']['expected_tags']})"
     message = error["msg"]

@@ -502,9 +502,6 @@ def test_load_plan_accepts_str_and_path(tmp_path: Path) -> None:
 # -- known bugs (see the report of the tests' author) --------------------------------------------------
 
 
-@pytest.mark.xfail(reason="YAML values that compose but fail to construct (bad dates, unhashable keys, "
-                          "explicit core tags on the wrong node) escape parse_plan as ValueError/KeyError/"
-                          "ConstructorError instead of PlanError", strict=True)
 @pytest.mark.parametrize(
     "text, line",
     [
@@ -522,8 +519,6 @@ def test_unconstructible_values_are_plan_problems(text: str, line: int) -> None:
     assert line in [p.line for p in problems]
 
 
-@pytest.mark.xfail(reason="a step that is not a mapping (or whose kind is not a string) yields pydantic's "
-                          "internal 'Unable to extract tag using discriminator _step_kind()'", strict=True)
 @pytest.mark.parametrize(
     "text",
     [
@@ -539,8 +534,6 @@ def test_malformed_step_message_is_user_facing(text: str) -> None:
     assert "_step_kind" not in problem.message
 
 
-@pytest.mark.xfail(reason="a merge key is reported at its parent mapping (1:1 at top level), not at the "
-                          "line of the << a user has to remove", strict=True)
 def test_merge_key_reported_at_its_own_line() -> None:
     text = "defaults: &d\n  retries: 2\n" + VALID + "<<: *d\n"
     [problem] = problems_of(text)
@@ -569,8 +562,6 @@ except PlanError:
 """
 
 
-@pytest.mark.xfail(reason="the position walk follows YAML aliases into every repetition, so a 9-line "
-                          "'billion laughs' plan uses unbounded time and memory", strict=True)
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 def test_alias_bomb_is_rejected_in_bounded_memory(tmp_path: Path) -> None:
     try:
