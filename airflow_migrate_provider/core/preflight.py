@@ -91,6 +91,7 @@ def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
     if not edited:
         report.passed.append("ledger consistent with the plan (no applied step was edited)")
     if failures:
+        ledger.release_lock(who)  # nothing will run: don't make the next attempt wait for the lock
         raise PreflightFailed(failures)
     for item in report.passed:
         log.info("preflight ok: %s", item)

@@ -172,10 +172,24 @@ class StepRunner:
         raise KeyError(f"plan '{plan.id}' has no step '{step_id}'")
 
     def revert(self, applied: HistoryRow) -> StepResult:
-        """Revert a step with the down SQL recorded when it was applied (not the plan's current text)."""
+        """Revert a step with the down SQL recorded when it was applied (not the plan's current text).
+
+        A non-transactional down that stopped part way (a failed or interrupted revert after ``applied``)
+        resumes after the last statement it committed instead of re-running committed statements.
+        """
         actions = StepActions.from_json(applied.actions)
+        resume_from = 0
+        if not actions.transactional:
+            for row in reversed(self.ledger.rows(applied.step_id)):
+                if row.id <= applied.id:
+                    break
+                if row.action == "revert" and row.status in ("failed", "running") and row.progress > 0:
+                    resume_from = row.progress
+                    log.info("revert of step '%s' resumes after statement %d of %d (stopped in %s)",
+                             applied.step_id, resume_from, len(actions.down), row.by)
+                    break
         return self._run(applied.step_id, "revert", applied.checksum, actions, actions.down,
-                         actions.verify_down, 0)
+                         actions.verify_down, resume_from)
 
     def _run(self, step_id: str, action: str, checksum: str, actions: StepActions, statements: list[str],
              verify: list[str], resume_from: int) -> StepResult:

@@ -181,8 +181,6 @@ def test_failed_non_transactional_revert_records_progress(engine):
     assert set(ledger.applied()) == {"nt_pair"}  # not (fully) reverted
 
 
-@pytest.mark.xfail(strict=True, reason="StepRunner.revert always starts a non-transactional down at "
-                   "statement 1, so retrying a revert that stopped part way re-runs committed statements")
 def test_retried_non_transactional_revert_resumes_where_it_stopped(engine):
     plan = make_plan(NON_TRANSACTIONAL_REVERT)
     me = who()

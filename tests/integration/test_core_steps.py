@@ -129,8 +129,6 @@ def test_sql_error_in_up_is_permanent_and_leaves_nothing(engine):
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-@pytest.mark.xfail(strict=True, reason="SqliteDialect.is_transient matches 'locked'/'busy' anywhere in the "
-                   "message, so a missing table named locked_accounts is classified as transient")
 def test_sqlite_missing_table_named_locked_is_not_transient(engine):
     plan = make_plan("""
   - id: touch_locked_accounts

@@ -11,6 +11,10 @@ from sqlalchemy.engine import Engine
 from airflow_migrate_provider.core.dialects.base import Dialect
 
 _PREPARED = "_airflow_migrate_prepared"
+# primary result codes (the low byte of an extended code) that mean "try again later"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# sqlite3 before Python 3.11 has no error codes: match the start of SQLite's own messages instead
+_TRANSIENT_MESSAGES = ("database is locked", "database table is locked", "database schema is locked")
 
 
 class SqliteDialect(Dialect):
@@ -40,5 +44,10 @@ class SqliteDialect(Dialect):
         engine.dispose()  # connections made before the listeners existed must not be reused
 
     def is_transient(self, exc: BaseException) -> bool:
-        text = str(getattr(exc, "orig", exc)).lower()
-        return isinstance(exc, sa_exc.OperationalError) and ("locked" in text or "busy" in text)
+        if not isinstance(exc, sa_exc.OperationalError):
+            return False
+        orig = getattr(exc, "orig", exc)
+        code = getattr(orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+        return str(orig).strip().lower().startswith(_TRANSIENT_MESSAGES)
