@@ -67,6 +67,27 @@ def test_failure_in_step_2_reverts_step_1_and_fails_the_run(database, run_plan, 
                     ("create_user_preferences", "revert", "reverted")]
 
 
+@pytest.mark.parametrize("failing", [0, 2, "verify"])
+def test_any_failing_phase_restores_the_starting_state(database, run_plan, fingerprint, failing):
+    seed(database)
+    before = fingerprint(database)
+    if failing == "verify":  # the steps pass, the final verification does not
+        plan = example_plan(database.dialect)
+        plan["steps"][0]["verify"].append("SELECT (SELECT count(*) FROM user_preferences) = 0")
+        applied_before_failure = [s["id"] for s in plan["steps"]]
+    else:
+        plan = example_plan(database.dialect, break_verify(failing))
+        applied_before_failure = [s["id"] for s in plan["steps"][:failing]]
+
+    dag_run = run_plan(plan, database)
+
+    assert dag_run.state == "failed"
+    assert states(dag_run)["rollback.revert_applied"] == "success"
+    assert fingerprint(database) == before
+    reverted = [r.step_id for r in ledger_rows(database, plan["id"]) if r.action == "revert"]
+    assert reverted == applied_before_failure[::-1]
+
+
 def test_clear_and_rerun_after_fixing_the_plan_converges(database, run_plan, fingerprint):
     seed(database)
     broken = example_plan(database.dialect, break_verify(2))
