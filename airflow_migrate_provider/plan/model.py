@@ -29,6 +29,16 @@ SqlList = Annotated[
 ]
 
 
+def _identifier(error_type: str, value: str) -> str:
+    """Ids become Airflow task/dag ids and ledger keys: keep them plain."""
+    if not IDENTIFIER.match(value):
+        raise PydanticCustomError(
+            error_type, "{what} '{value}' must start with a letter and use only letters, digits and _ "
+            "(max 63 characters)", {"what": error_type.replace("_", " "), "value": value}
+        )
+    return value
+
+
 def _sql_list(value: Any) -> Any:
     """Accept a single SQL string where a list of SQL strings is expected."""
     if isinstance(value, str):
@@ -98,12 +108,7 @@ class SchemaStep(StrictModel):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
-        if not IDENTIFIER.match(v):
-            raise PydanticCustomError(
-                "step_id", "step id '{value}' must start with a letter and use only letters, digits and _ "
-                "(max 63 characters)", {"value": v}
-            )
-        return v
+        return _identifier("step_id", v)
 
     @model_validator(mode="after")
     def _reversible_or_marked(self) -> SchemaStep:
@@ -155,12 +160,7 @@ class Plan(StrictModel):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
-        if not IDENTIFIER.match(v):
-            raise PydanticCustomError(
-                "plan_id", "plan id '{value}' must start with a letter and use only letters, digits and _ "
-                "(max 63 characters)", {"value": v}
-            )
-        return v
+        return _identifier("plan_id", v)
 
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Plan:

@@ -17,25 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 PG_EXAMPLE = REPO / "dags" / "plans" / "add_user_preferences.yaml"
 _ids = itertools.count(1)
 
-PG_SEED = """
-CREATE TABLE users (
-    id bigint PRIMARY KEY,
-    email text NOT NULL UNIQUE,
-    name text,
-    theme text,
-    notifications_enabled boolean NOT NULL DEFAULT true
-);
-INSERT INTO users (id, email, name, theme, notifications_enabled)
-SELECT i, 'user' || i || '@example.com', 'User ' || i,
-       (ARRAY['light', 'dark', 'solarized', NULL])[1 + i % 4], i % 3 <> 0
-FROM generate_series(1, 500) AS i;
-"""
+PG_SEED = (REPO / "docker" / "seed-app-db.sql").read_text()
+USERS = 1000  # both seeds
 
 
 def seed(db: Any) -> None:
     """The application database before the migration (users with theme/notification columns)."""
     if db.dialect == "sqlite":
-        seed_demo_database(Path(db.sqlalchemy_url.removeprefix("sqlite:///")), users=500)
+        seed_demo_database(Path(db.sqlalchemy_url.removeprefix("sqlite:///")), users=USERS)
         return
     eng = create_engine(db.sqlalchemy_url)
     with eng.begin() as conn:

@@ -6,7 +6,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from e2e_support import FIXED_DATE, break_verify, example_plan, seed, states
+from e2e_support import FIXED_DATE, USERS, break_verify, example_plan, seed, states
 from sqlalchemy import create_engine, text
 
 from airflow_migrate_provider.core.dialects import dialect_for
@@ -42,7 +42,7 @@ def test_success_run_applies_every_step(database, run_plan):
     got = states(dag_run)
     assert got.pop("rollback.revert_applied") == "skipped"
     assert set(got.values()) == {"success"}, got
-    assert scalar(database, "SELECT count(*) FROM user_preferences") == 500
+    assert scalar(database, "SELECT count(*) FROM user_preferences") == USERS
     applied = [(r.step_id, r.action, r.status) for r in ledger_rows(database, plan["id"])]
     assert applied == [(s["id"], "apply", "applied") for s in plan["steps"]]
 
@@ -102,7 +102,7 @@ def test_clear_and_rerun_after_fixing_the_plan_converges(database, run_plan, fin
 
     assert second.run_id == first.run_id  # the same run, cleared and re-run
     assert second.state == "success", states(second)
-    assert scalar(database, "SELECT count(*) FROM user_preferences") == 500
+    assert scalar(database, "SELECT count(*) FROM user_preferences") == USERS
     applies = [(r.step_id, r.run_id) for r in ledger_rows(database, fixed["id"])
                if r.action == "apply" and r.status == "applied"]
     assert [s for s, _ in applies] == ["create_user_preferences", "index_updated_at", "create_user_preferences",
