@@ -40,6 +40,11 @@ def _print_outcome(outcome: commands.RunOutcome) -> None:
         for task_id, state in tasks.items():
             typer.echo(f"    {task_id:<40} {state}")
     typer.echo(f"\nLedger after the run:\n{outcome.summary}")
+    final = outcome.phases.get("verify", {}).get("verify.verify_steps", "not run")
+    typer.echo(f"\nVerification (queries that passed as each step was applied):\n{outcome.verification}")
+    typer.echo(f"  final verification of all steps (verify.verify_steps): {final}")
+    rollback = outcome.phases.get("rollback", {}).get("rollback.revert_applied", "not run")
+    typer.echo(f"\nRollback (rollback.revert_applied): {rollback}")
     typer.echo(f"\nDAG run: {outcome.state}")
 
 
@@ -73,11 +78,19 @@ def run(plan: Path, conn: ConnOption = [],  # noqa: B006
 
 @app.command()
 def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the demo database")] = None,
-         users: int = 1000) -> None:
+         users: int = 1000,
+         fail_at: Annotated[str | None, typer.Option(help="Make this step's verification fail, to watch "
+                                                          "the rollback (the run then ends failed)")] = None,
+         ) -> None:
     """Run the bundled "add user_preferences" plan against an embedded SQLite database."""
-    outcome, database = commands.demo(workdir, users)
+    from airflow_migrate_provider.demo import database_tables
+
+    outcome, database = commands.demo(workdir, users, fail_at)
     typer.echo(f"\nDemo database: {database}")
     _print_outcome(outcome)
+    typer.echo("\nTables now in the demo database:")
+    for table, columns in database_tables(database).items():
+        typer.echo(f"  {table}({', '.join(columns)})")
     raise typer.Exit(0 if outcome.succeeded else 1)
 
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from airflow_migrate_provider.core.dialects import dialect_named
 from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem
@@ -80,8 +79,7 @@ class RunOutcome:
     state: str
     phases: dict[str, dict[str, str]]
     summary: str
-    lock_holder: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    verification: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -101,18 +99,20 @@ def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path 
 
     init_metadata_db()
     dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8")))
-    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), ledger_summary(plan))
+    summary, verification = ledger_reports(plan)
+    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification)
 
 
-def ledger_summary(plan: Plan) -> str:
-    """The ledger of a plan's target as a table (needs the plan's connections defined)."""
+def ledger_reports(plan: Plan) -> tuple[str, str]:
+    """(status table, verification report) from the plan target's ledger (needs its connection defined)."""
     from airflow_migrate_provider.core.ledger import Ledger
-    from airflow_migrate_provider.core.status import status_table
+    from airflow_migrate_provider.core.status import status_table, verification_report
     from airflow_migrate_provider.hooks.migration import MigrationHook
 
     engine = MigrationHook(plan.connections.target).get_engine()
     try:
-        return status_table(plan, Ledger(engine, plan.id))
+        ledger = Ledger(engine, plan.id)
+        return status_table(plan, ledger), verification_report(plan, ledger)
     finally:
         engine.dispose()
 
@@ -123,12 +123,16 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
     from airflow_migrate_provider.local_run import define_connections
 
     define_connections(connections)
-    return ledger_summary(plan)
+    return ledger_reports(plan)[0]
 
 
-def demo(workdir: str | Path | None = None, users: int = 1000) -> tuple[RunOutcome, Path]:
-    """Seed an embedded SQLite app database and run the bundled example plan against it."""
-    from airflow_migrate_provider.demo import DEMO_CONN_ID, example_plan_path, seed_demo_database
+def demo(workdir: str | Path | None = None, users: int = 1000,
+         fail_at: str | None = None) -> tuple[RunOutcome, Path]:
+    """Seed an embedded SQLite app database and run the bundled example plan against it.
+
+    ``fail_at`` names a step whose verification is made to fail, to watch the rollback at work.
+    """
+    from airflow_migrate_provider.demo import DEMO_CONN_ID, example_plan_path, plan_failing_at, seed_demo_database
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-migrate-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -136,5 +140,6 @@ def demo(workdir: str | Path | None = None, users: int = 1000) -> tuple[RunOutco
     if database.exists():
         database.unlink()
     seed_demo_database(database, users)
-    outcome = run(example_plan_path(), {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
+    plan_path = plan_failing_at(example_plan_path(), fail_at, base) if fail_at else example_plan_path()
+    outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
     return outcome, database

@@ -31,3 +31,27 @@ def seed_demo_database(path: Path, users: int = 1000) -> None:
             [(i, f"user{i}@example.com", f"User {i}", THEMES[i % len(THEMES)], i % 3 != 0)
              for i in range(1, users + 1)],
         )
+
+
+def plan_failing_at(plan_path: Path, step_id: str, workdir: Path) -> Path:
+    """A copy of a plan whose step ``step_id`` fails its verification (to show the rollback)."""
+    import yaml
+
+    from airflow_migrate_provider.errors import MigrateError
+
+    data = yaml.safe_load(plan_path.read_text(encoding="utf-8"))
+    steps = {step["id"]: step for step in data["steps"]}
+    if step_id not in steps:
+        raise MigrateError(f"--fail-at: the demo plan has no step '{step_id}' (steps: {', '.join(steps)})")
+    steps[step_id]["verify"] = ["SELECT 0 AS injected_failure"]
+    failing = workdir / f"{plan_path.stem}.fail_at_{step_id}.yaml"
+    failing.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return failing
+
+
+def database_tables(path: Path) -> dict[str, list[str]]:
+    """{table: columns} of a SQLite database, ledger excluded: what the demo shows after a run."""
+    with sqlite3.connect(path) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: [c[1] for c in db.execute(f"PRAGMA table_info('{name}')")]
+                for name in names if not name.startswith("airflow_migrate_")}

@@ -28,3 +28,20 @@ def status_table(plan: Plan, ledger: Ledger) -> str:
     holder = ledger.lock_holder()
     lock = f"lock: held by {holder['holder']} until {holder['expires_at']}" if holder else "lock: free"
     return f"plan '{plan.id}'\n{table}\n{lock}"
+
+
+def verification_report(plan: Plan, ledger: Ledger) -> str:
+    """The verify queries that passed when each currently applied step was applied."""
+    import json
+
+    if not ledger.exists():
+        return "no ledger: nothing was verified"
+    applied = ledger.applied()
+    lines = []
+    for step in plan.steps:
+        row = applied.get(step.id)
+        passed = json.loads(row.verified) if row is not None and row.verified else []
+        lines.append(f"  {step.id}: " + (f"{len(passed)} verify quer{'y' if len(passed) == 1 else 'ies'} passed"
+                                         if row is not None else "not applied"))
+        lines += [f"    ok  {' '.join(q.split())[:110]}" for q in passed]
+    return "\n".join(lines)

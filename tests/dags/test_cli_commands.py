@@ -33,7 +33,23 @@ def test_demo_runs_the_example_plan_on_sqlite(tmp_path):
     for step in ("create_user_preferences", "index_updated_at", "move_preferences"):
         assert f"steps.{step}" in out
     assert "verify.verify_steps                      success" in out
+    assert "move_preferences: 3 verify queries passed" in out
+    assert "final verification of all steps (verify.verify_steps): success" in out
+    assert "user_preferences(user_id, preferences, updated_at)" in out
+    assert "users(id, email, name)" in out
     assert "Traceback" not in out
+
+
+def test_demo_with_an_injected_failure_rolls_back_and_exits_1(tmp_path):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), "--fail-at", "move_preferences")
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.move_preferences                   failed" in out
+    assert "Rollback (rollback.revert_applied): success" in out
+    assert "DAG run: failed" in out
+    assert "users(id, email, name, theme, notifications_enabled)" in out
+    assert "user_preferences(" not in out
 
 
 def test_run_exits_1_when_the_migration_fails_and_status_shows_the_ledger(pg_database, tmp_path):
