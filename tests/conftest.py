@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,28 +92,34 @@ def _sqlalchemy_pg(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-@pytest.fixture
-def pg_database(pg_server_url: str) -> Iterator[TestDatabase]:
-    """A uniquely named, empty PostgreSQL database, dropped after the test."""
+@contextmanager
+def new_pg_database(server_url: str) -> Iterator[TestDatabase]:
+    """Create a uniquely named, empty PostgreSQL database on ``server_url``; drop it afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"migtest_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(_sqlalchemy_pg(pg_server_url), isolation_level="AUTOCOMMIT")
+    admin = create_engine(_sqlalchemy_pg(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # server up but refusing us
         admin.dispose()
         _missing_service(f"cannot create a PostgreSQL test database: {exc}")
-    server = make_url(pg_server_url)
-    airflow_uri = server.set(database=name).render_as_string(hide_password=False)
+    airflow_uri = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
         yield TestDatabase("postgresql", _sqlalchemy_pg(airflow_uri), airflow_uri)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_database(pg_server_url: str) -> Iterator[TestDatabase]:
+    """A uniquely named, empty PostgreSQL database, dropped after the test."""
+    with new_pg_database(pg_server_url) as db:
+        yield db
 
 
 @pytest.fixture
@@ -182,3 +189,9 @@ def fingerprint_of(url: str) -> dict:
 def fingerprint():
     """``fingerprint(TestDatabase)`` → comparable schema+data snapshot, excluding the ledger."""
     return lambda db: fingerprint_of(db.sqlalchemy_url)
+
+
+@pytest.fixture(scope="session")
+def pg_database_factory(pg_server_url: str):
+    """``with pg_database_factory() as db:`` for databases that outlive one test (module fixtures)."""
+    return lambda: new_pg_database(pg_server_url)
