@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
@@ -100,6 +100,12 @@ def actions_for(step: SchemaStep, dialect: Dialect) -> StepActions:
     )
 
 
+def run_sql(conn: Connection, sql: str) -> CursorResult[Any]:
+    """Run plan SQL exactly as written: no parameter parsing, so ``LIKE '%@%'`` or jsonb ``?`` stay literal
+    (psycopg would otherwise read ``%`` as a placeholder)."""
+    return conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+
+
 def is_truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in FALSY_TEXT
@@ -120,7 +126,7 @@ class StepRunner:
         passed = []
         for query in queries:
             try:
-                row = conn.exec_driver_sql(query).first()
+                row = run_sql(conn, query).first()
             except sa_exc.SQLAlchemyError as exc:
                 raise VerificationFailed(step_id, query, f"the query raised: {_first_line(exc)}") from exc
             if row is None:
@@ -132,7 +138,7 @@ class StepRunner:
 
     def _execute(self, conn: Connection, step_id: str, action: str, statement: str) -> None:
         try:
-            conn.exec_driver_sql(statement)
+            run_sql(conn, statement)
         except sa_exc.SQLAlchemyError as exc:
             raise StepFailed(step_id, action, statement, exc, self.dialect.is_transient(exc)) from exc
 

@@ -239,3 +239,38 @@ def test_verify_only_changes_nothing(engine, database):
         runner.verify(plan.steps[1])  # index not created yet
     assert fingerprint(engine) == snapshot
     assert len(ledger.rows()) == 1
+
+
+def test_apply_through_reapplies_predecessors_a_rollback_reverted(engine, database):
+    seed_start(engine)
+    plan = parse_plan(three_step_yaml(database.dialect))
+    me = who("r1")
+    ledger, runner = runner_for(engine, plan.id, me)
+    runner.apply(plan.steps[0])
+    runner.apply(plan.steps[1])
+    rollback_run(ledger, runner, me)
+    assert ledger.applied() == {}
+
+    results = runner.apply_through(plan, "add_status")  # e.g. only the failed task was cleared
+
+    assert [(r.step_id, r.outcome) for r in results] == [(s, "applied") for s in STEP_IDS]
+    assert set(ledger.applied()) == set(STEP_IDS)
+    assert runner.apply_through(plan, "index_orders")[-1].outcome == "already_applied"
+    assert len(runner.apply_through(plan, "index_orders")) == 1  # applied predecessors are not touched
+
+
+def test_plan_sql_is_run_verbatim_percent_and_question_marks_included(engine, database):
+    json_check = ("'{\"a\": 1}'::jsonb ? 'a'" if database.dialect == "postgresql"
+                  else "json_type('{\"a\": 1}', '$.a') IS NOT NULL")
+    plan = make_plan(f"""
+  - id: literal_sql
+    up: CREATE TABLE emails (address text); INSERT INTO emails VALUES ('a@example.com'), ('100% real?')
+    down: DROP TABLE emails
+    verify:
+      - SELECT count(*) = 2 FROM emails WHERE address LIKE '%@%' OR address LIKE '%\\%%' ESCAPE '\\'
+      - |
+        SELECT {json_check}
+""")
+    _, runner = runner_for(engine, plan.id, who())
+
+    assert runner.apply(plan.steps[0]).outcome == "applied"
