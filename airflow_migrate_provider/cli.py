@@ -60,7 +60,9 @@ def validate(plans: Annotated[list[Path], typer.Argument(help="Plan files to che
 
 
 @app.command()
-def render(plan: Path, dialect: Annotated[str, typer.Option(help="postgresql or sqlite")] = "postgresql",
+def render(plan: Path,
+           dialect: Annotated[str | None, typer.Option(help="postgresql or sqlite (default: from the target's "
+                                                            "--conn URI, else postgresql)")] = None,
            conn: ConnOption = []) -> None:  # noqa: B006 - typer reads the default
     """Print the task graph by TaskGroup and the SQL each task will run (a dry run; secrets masked)."""
     typer.echo(commands.render(plan, dialect, _parse_conns(conn)))

@@ -16,6 +16,8 @@ from airflow_migrate_provider.masking import mask_uri
 from airflow_migrate_provider.plan.loader import load_plan
 from airflow_migrate_provider.plan.model import Plan
 
+URI_SCHEME_DIALECTS = {"postgresql": "postgresql", "postgres": "postgresql", "sqlite": "sqlite"}
+
 
 def validate(paths: list[str | Path]) -> list[PlanProblem]:
     """Every problem in every plan file (empty when all are valid). Touches no database."""
@@ -45,13 +47,19 @@ def check_connections_given(plan: Plan, connections: dict[str, str]) -> None:
         )
 
 
-def render(path: str | Path, dialect: str = "postgresql", connections: dict[str, str] | None = None) -> str:
-    """The task graph by TaskGroup and the SQL each task will run, from the DAG the plan builds."""
+def render(path: str | Path, dialect: str | None = None, connections: dict[str, str] | None = None) -> str:
+    """The task graph by TaskGroup and the SQL each task will run, from the DAG the plan builds.
+
+    The dialect (how statements split, whether steps are transactional) comes from ``dialect``, else from
+    the scheme of the target's URI in ``connections``, else PostgreSQL.
+    """
     from airflow_migrate_provider.dag_builder import build_dag
     from airflow_migrate_provider.operators.base import MigrationOperator
 
-    dialect_named(dialect)  # an unknown dialect is an error before anything else
     plan = load_plan(path)
+    target_uri = (connections or {}).get(plan.connections.target, "")
+    dialect = dialect or URI_SCHEME_DIALECTS.get(target_uri.split(":", 1)[0].split("+", 1)[0], "postgresql")
+    dialect_named(dialect)  # an unknown dialect is an error before anything else
     dag = build_dag(plan)
     lines = [f"DAG {dag.dag_id}: {len(dag.tasks)} tasks, dialect {dialect}",
              f"connections: target={plan.connections.target}"
@@ -66,7 +74,8 @@ def render(path: str | Path, dialect: str = "postgresql", connections: dict[str,
             lines.append(f"[{group}]" if group else "[outcome]")
             current_group = group
         kind = " (teardown)" if task.is_teardown else ""
-        lines.append(f"  {task.task_id}  <{type(task).__name__}>{kind} trigger_rule={task.trigger_rule}")
+        rule = getattr(task.trigger_rule, "value", task.trigger_rule)
+        lines.append(f"  {task.task_id}  <{type(task).__name__}>{kind} trigger_rule={rule}")
         if isinstance(task, MigrationOperator):
             lines += [f"      {line}" for line in task.describe(dialect)]
     return "\n".join(lines)

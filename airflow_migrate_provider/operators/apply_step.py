@@ -34,5 +34,5 @@ class ApplyStepOperator(MigrationOperator):
                                   ("verify_down (on rollback)", actions.verify_down)):
             if statements:
                 lines.append(f"{label}:")
-                lines += [f"    {s}" for stmt in statements for s in stmt.splitlines()]
+                lines += [f"    {s}" for stmt in statements for s in f"{stmt};".splitlines()]
         return lines

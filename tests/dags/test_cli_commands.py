@@ -87,6 +87,7 @@ def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path):
 
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
+    assert "dialect postgresql" in out  # from the target's --conn URI
     assert "app_db = postgresql://app:***@db.internal:5432/app" in out
     assert "hunter2" not in out
     for group in ("[preflight]", "[steps]", "[verify]", "[rollback]", "[outcome]"):
@@ -94,6 +95,16 @@ def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path):
     assert "CREATE TABLE user_preferences (" in out
     assert "DROP TABLE user_preferences" in out
     assert "rollback.revert_applied  <RollbackOperator> (teardown)" in out
+
+
+def test_render_takes_the_dialect_from_the_target_uri(tmp_path):
+    plan = write_plan(tmp_path, example_plan("sqlite"))
+
+    result = cli("render", str(plan), "--conn", f"app_db=sqlite:///{tmp_path}/app.db")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dialect sqlite" in result.stdout
+    assert "    ALTER TABLE users DROP COLUMN theme;" in result.stdout  # one statement per line group
 
 
 def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path):
