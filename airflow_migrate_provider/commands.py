@@ -106,14 +106,32 @@ def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path 
     from airflow_migrate_provider.dag_builder import build_dag
     from airflow_migrate_provider.local_run import init_metadata_db, run_dag, states_by_phase
 
+    check_targets_reachable(plan)
     init_metadata_db()
     dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8")))
     summary, verification = ledger_reports(plan)
     return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification)
 
 
+def check_targets_reachable(plan: Plan) -> None:
+    """Fail fast, with the connection id and without the URI, when a database of the plan is unreachable."""
+    from airflow_migrate_provider.core.preflight import check_reachable
+    from airflow_migrate_provider.hooks.migration import MigrationHook
+
+    for role, conn_id in (("target", plan.connections.target), ("source", plan.connections.source)):
+        if conn_id is None or (role == "source" and conn_id == plan.connections.target):
+            continue
+        engine = MigrationHook(conn_id).get_engine()
+        try:
+            check_reachable(engine, role, conn_id)
+        finally:
+            engine.dispose()
+
+
 def ledger_reports(plan: Plan) -> tuple[str, str]:
     """(status table, verification report) from the plan target's ledger (needs its connection defined)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from airflow_migrate_provider.core.ledger import Ledger
     from airflow_migrate_provider.core.status import status_table, verification_report
     from airflow_migrate_provider.hooks.migration import MigrationHook
@@ -122,6 +140,11 @@ def ledger_reports(plan: Plan) -> tuple[str, str]:
     try:
         ledger = Ledger(engine, plan.id)
         return status_table(plan, ledger), verification_report(plan, ledger)
+    except SQLAlchemyError as exc:
+        raise ConnectionUnavailable(
+            f"cannot read the ledger in the target (Airflow connection '{plan.connections.target}'): "
+            f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}"
+        ) from exc
     finally:
         engine.dispose()
 
@@ -132,6 +155,7 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
     from airflow_migrate_provider.local_run import define_connections
 
     define_connections(connections)
+    check_targets_reachable(plan)
     return ledger_reports(plan)[0]
 
 

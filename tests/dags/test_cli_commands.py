@@ -116,3 +116,14 @@ def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert f"{plan}:3:1: steps:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_against_an_unreachable_database_is_one_clear_message(tmp_path):
+    plan = write_plan(tmp_path, example_plan("postgresql"))
+
+    result = cli("run", str(plan), "--conn", "app_db=postgresql://app:hunter2@127.0.0.1:1/app")
+
+    assert result.returncode == 1
+    assert "error: the target database (Airflow connection 'app_db') is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "hunter2" not in result.stderr + result.stdout
