@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
@@ -70,6 +71,8 @@ class MigrationOperator(BaseOperator):
             return self.run_migration(context)
         except MigrateError as exc:
             raise airflow_error(exc) from exc
+        except SQLAlchemyError as exc:  # ledger/lock access outside a step: the database went away
+            raise AirflowException(f"database error while reading or writing the ledger: {exc}") from exc
 
     def run_migration(self, context: Context) -> Any:
         raise NotImplementedError
