@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from e2e_support import PG_SEED, REPO, USERS, break_verify
+from e2e_support import REPO, USERS, break_verify, seed
 from sqlalchemy import create_engine, text
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.timeout(420)]
@@ -35,15 +35,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _seed_pg(db: Any) -> None:
-    eng = create_engine(db.sqlalchemy_url)
-    with eng.begin() as conn:
-        for statement in PG_SEED.split(";"):
-            if statement.strip():
-                conn.execute(text(statement))
-    eng.dispose()
 
 
 class Deployment:
@@ -131,8 +122,8 @@ def deployment(pg_database_factory, tmp_path_factory) -> Iterator[tuple[Deployme
     (plans / "broken.yaml").write_text("id: broken\nconnections: {target: app_db}\nsteps:\n"
                                        "  - id: a\n    up: SELECT 1\n    verify: SELECT 1\n")
     with pg_database_factory() as meta, pg_database_factory() as app, pg_database_factory() as app2:
-        _seed_pg(app)
-        _seed_pg(app2)
+        seed(app)
+        seed(app2)
         port = _free_port()
         env = {**os.environ,
                "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
