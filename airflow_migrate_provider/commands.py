@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_migrate_provider.core.dialects import dialect_named
-from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem
+from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem, db_error_line
 from airflow_migrate_provider.masking import mask_uri
 from airflow_migrate_provider.plan.loader import load_plan
 from airflow_migrate_provider.plan.model import Plan
@@ -118,8 +118,8 @@ def check_targets_reachable(plan: Plan) -> None:
     from airflow_migrate_provider.core.preflight import check_reachable
     from airflow_migrate_provider.hooks.migration import MigrationHook
 
-    for role, conn_id in (("target", plan.connections.target), ("source", plan.connections.source)):
-        if conn_id is None or (role == "source" and conn_id == plan.connections.target):
+    for role, conn_id in (("target", plan.connections.target), ("source", plan.connections.separate_source)):
+        if conn_id is None:
             continue
         engine = MigrationHook(conn_id).get_engine()
         try:
@@ -143,7 +143,7 @@ def ledger_reports(plan: Plan) -> tuple[str, str]:
     except SQLAlchemyError as exc:
         raise ConnectionUnavailable(
             f"cannot read the ledger in the target (Airflow connection '{plan.connections.target}'): "
-            f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}"
+            f"{db_error_line(exc)}"
         ) from exc
     finally:
         engine.dispose()

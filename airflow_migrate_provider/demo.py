@@ -53,5 +53,5 @@ def database_tables(path: Path) -> dict[str, list[str]]:
     """{table: columns} of a SQLite database, ledger excluded: what the demo shows after a run."""
     with sqlite3.connect(path) as db:
         names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {name: [c[1] for c in db.execute(f"PRAGMA table_info('{name}')")]
+        return {name: [c[0] for c in db.execute("SELECT name FROM pragma_table_info(?) ORDER BY cid", (name,))]
                 for name in names if not name.startswith("airflow_migrate_")}

@@ -13,6 +13,13 @@ class MigrateError(Exception):
     """Root of every error raised by airflow-migrate-provider."""
 
 
+def db_error_line(exc: BaseException) -> str:
+    """The first line of a database error: the driver's own message (``exc.orig``) when there is one,
+    without SQLAlchemy's SQL echo and background link."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class PlanProblem:
     """One problem found in a plan file, located as precisely as the YAML allows."""

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.ledger import Lease, Ledger, RunIdentity
 from airflow_migrate_provider.core.steps import step_checksum
-from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed
+from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed, db_error_line
 from airflow_migrate_provider.plan.model import Plan
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,9 @@ def check_reachable(engine: Engine, role: str, conn_id: str) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except sa_exc.SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise ConnectionUnavailable(
             f"the {role} database (Airflow connection '{conn_id}') is unreachable: "
-            f"{detail[0] if detail else type(exc).__name__}. Check the connection's host, port and "
+            f"{db_error_line(exc)}. Check the connection's host, port and "
             f"credentials, and that the database server is running."
         ) from exc
 
@@ -72,8 +71,8 @@ def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
     """
     report = PreflightReport()
     check_reachable(target, "target", plan.connections.target)
-    if source is not None and plan.connections.source not in (None, plan.connections.target):
-        check_reachable(source, "source", plan.connections.source)
+    if source is not None and plan.connections.separate_source:
+        check_reachable(source, "source", plan.connections.separate_source)
     report.passed.append("connections reachable")
 
     failures = plan_checklist(plan)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.steps import step_checksum
 from airflow_migrate_provider.core.summary import format_table
@@ -32,8 +34,6 @@ def status_table(plan: Plan, ledger: Ledger) -> str:
 
 def verification_report(plan: Plan, ledger: Ledger) -> str:
     """The verify queries that passed when each currently applied step was applied."""
-    import json
-
     if not ledger.exists():
         return "no ledger: nothing was verified"
     applied = ledger.applied()

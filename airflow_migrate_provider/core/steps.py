@@ -18,7 +18,13 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
-from airflow_migrate_provider.errors import ChecksumMismatch, MigrateError, StepFailed, VerificationFailed
+from airflow_migrate_provider.errors import (
+    ChecksumMismatch,
+    MigrateError,
+    StepFailed,
+    VerificationFailed,
+    db_error_line,
+)
 from airflow_migrate_provider.plan.model import Plan, SchemaStep
 
 log = logging.getLogger(__name__)
@@ -128,7 +134,7 @@ class StepRunner:
             try:
                 row = run_sql(conn, query).first()
             except sa_exc.SQLAlchemyError as exc:
-                raise VerificationFailed(step_id, query, f"the query raised: {_first_line(exc)}") from exc
+                raise VerificationFailed(step_id, query, f"the query raised: {db_error_line(exc)}") from exc
             if row is None:
                 raise VerificationFailed(step_id, query, "the query returned no rows")
             if not is_truthy(row[0]):
@@ -168,13 +174,13 @@ class StepRunner:
         applied = self.ledger.applied()
         results = []
         for step in plan.steps:
-            if step.id != step_id and step.id not in applied:
+            if step.id == step_id:
+                results.append(self.apply(step))
+                return results
+            if step.id not in applied:
                 log.warning("earlier step '%s' is not applied in the target (reverted by a rollback?); "
                             "applying it first", step.id)
-            if step.id == step_id or step.id not in applied:
                 results.append(self.apply(step))
-            if step.id == step_id:
-                return results
         raise KeyError(f"plan '{plan.id}' has no step '{step_id}'")
 
     def revert(self, applied: HistoryRow) -> StepResult:
@@ -243,8 +249,3 @@ class StepRunner:
         result = StepResult(step.id, "verified", time.monotonic() - t0, 0, passed)
         log.info("%s", result.summary())
         return result
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

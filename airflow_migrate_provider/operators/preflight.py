@@ -18,8 +18,8 @@ class PreflightOperator(MigrationOperator):
         target, _ = self.open_target()
         source = None
         try:
-            if plan.connections.source and plan.connections.source != plan.connections.target:
-                source = MigrationHook(plan.connections.source).get_engine()
+            if plan.connections.separate_source:
+                source = MigrationHook(plan.connections.separate_source).get_engine()
             report = run_preflight(plan, target, Ledger(target, plan.id), who, source)
         finally:
             target.dispose()

@@ -71,6 +71,11 @@ class Connections(StrictModel):
     def source_or_target(self) -> str:
         return self.source or self.target
 
+    @property
+    def separate_source(self) -> str | None:
+        """The source connection id when it is not the target's (the only case needing its own checks)."""
+        return self.source if self.source not in (None, self.target) else None
+
 
 class SchemaStep(StrictModel):
     """A schema (DDL/DML) step: ``up`` applies it, ``down`` reverts it, ``verify`` proves it held."""
