@@ -108,3 +108,21 @@ class PreflightFailed(MigrateError):
     def __init__(self, failures: list[str]):
         self.failures = failures
         super().__init__("preflight failed:\n" + "\n".join(f"  - {f}" for f in failures))
+
+
+class BackfillSpecError(MigrateError):
+    """A backfill step does not fit the real source and target tables; found before any row is copied."""
+
+    def __init__(self, step_id: str, problems: list[str]):
+        self.step_id, self.problems = step_id, problems
+        super().__init__(f"backfill step '{step_id}' cannot start (nothing was copied):\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+class BackfillFailed(MigrateError):
+    """A backfill phase stopped: throttled too long, lock held too long, counts differ, or a batch failed.
+    ``transient`` says whether clearing/retrying the task can succeed as is."""
+
+    def __init__(self, message: str, transient: bool = False):
+        self.transient = transient
+        super().__init__(message)

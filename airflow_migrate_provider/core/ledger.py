@@ -6,6 +6,7 @@ what really happened in the database. Two tables:
 - ``airflow_migrate_history``: one row per attempt to apply or revert a step, with the checksum of the
   step's SQL, the SQL actually run, who ran it (dag/run/try), when, how long, and any error.
 - ``airflow_migrate_lock``: at most one row per plan; the run that holds it, and until when.
+- ``airflow_migrate_backfill``: per backfill step and key-range chunk, the last key copied.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_TABLE = "airflow_migrate_history"
 LOCK_TABLE = "airflow_migrate_lock"
+BACKFILL_TABLE = "airflow_migrate_backfill"
 
 metadata = MetaData()
 history = Table(
@@ -72,6 +75,23 @@ lock = Table(
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("renewed_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+# backfill checkpoints, written in the same transaction as the copied rows (see core/backfill/state.py)
+checkpoints = Table(
+    BACKFILL_TABLE,
+    metadata,
+    Column("plan_id", String(63), primary_key=True),
+    Column("step_id", String(63), primary_key=True),
+    Column("chunk", Integer, primary_key=True),  # -1: the step's phase state
+    Column("lo", Text),  # JSON key, exclusive (null: from the first key)
+    Column("hi", Text),  # JSON key, inclusive (null: nothing to copy)
+    Column("position", Text),  # JSON key of the last copied row (null: nothing copied yet)
+    Column("rows_total", BigInteger, nullable=False, default=0),
+    Column("rows_copied", BigInteger, nullable=False, default=0),
+    Column("status", String(16), nullable=False),  # pending | done
+    Column("phase_state", Text),  # JSON: cutoffs, phase 2 bounds (step row only)
+    Column("run_id", String(250)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -179,16 +199,19 @@ class Ledger:
 
     # -- history --------------------------------------------------------------------------------
     def start(self, step_id: str, action: str, checksum: str, actions: dict[str, Any],
-              who: RunIdentity) -> tuple[int, datetime]:
-        """Record that an apply/revert began, in its own committed transaction: (row id, start time)."""
+              who: RunIdentity, conn: Connection | None = None) -> tuple[int, datetime]:
+        """Record that an apply/revert began, in its own committed transaction (or in ``conn``'s):
+        (row id, start time)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.start(step_id, action, checksum, actions, who, conn=own)
         started = utcnow()
-        with self.engine.begin() as conn:
-            result = conn.execute(insert(history).values(
-                plan_id=self.plan_id, step_id=step_id, action=action, status="running", checksum=checksum,
-                sql=json.dumps(actions), progress=0, started_at=started, dag_id=who.dag_id,
-                run_id=who.run_id, try_number=who.try_number,
-            ))
-            return int(result.inserted_primary_key[0]), started
+        result = conn.execute(insert(history).values(
+            plan_id=self.plan_id, step_id=step_id, action=action, status="running", checksum=checksum,
+            sql=json.dumps(actions), progress=0, started_at=started, dag_id=who.dag_id,
+            run_id=who.run_id, try_number=who.try_number,
+        ))
+        return int(result.inserted_primary_key[0]), started
 
     def finish(self, row_id: int, status: str, *, started_at: datetime, verified: str | None = None,
                error: str | None = None, conn: Connection | None = None) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from airflow_migrate_provider.core.ledger import Lease, Ledger, RunIdentity
 from airflow_migrate_provider.core.steps import step_checksum
 from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed, db_error_line
-from airflow_migrate_provider.plan.model import Plan
+from airflow_migrate_provider.plan.model import Plan, SchemaStep
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def plan_checklist(plan: Plan) -> list[str]:
     """Checklist failures visible in the plan itself (the model enforces most; this double-checks)."""
     failures = []
     for step in plan.steps:
+        if not isinstance(step, SchemaStep):
+            continue  # other kinds are checked against the real tables when they start
         if not step.irreversible and not step.down:
             failures.append(f"step '{step.id}' is reversible but has no down SQL")
         if not step.verify:

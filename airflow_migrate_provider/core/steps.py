@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, CursorResult, Engine
@@ -25,7 +25,10 @@ from airflow_migrate_provider.errors import (
     VerificationFailed,
     db_error_line,
 )
-from airflow_migrate_provider.plan.model import Plan, SchemaStep
+from airflow_migrate_provider.plan.model import BackfillStep, Plan, SchemaStep
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.backfill.runner import BackfillRunner
 
 log = logging.getLogger(__name__)
 FALSY_TEXT = {"", "0", "f", "false", "no", "n", "off"}
@@ -82,14 +85,22 @@ def _one_line(sql: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def step_checksum(step: SchemaStep) -> str:
-    """SHA-256 of the step's SQL (up, down, verify, verify_down), insensitive to trailing whitespace."""
+def step_checksum(step: SchemaStep | BackfillStep) -> str:
+    """SHA-256 of what a step does to data: a schema step's SQL (up, down, verify, verify_down), insensitive
+    to trailing whitespace; a backfill's source, target, columns and key (not its batch/throttle tuning)."""
+    if isinstance(step, BackfillStep):
+        return backfill_checksum(step)
     def norm(sqls: list[str]) -> list[str]:
         return ["\n".join(line.rstrip() for line in s.strip().splitlines()) for s in sqls]
 
     canonical = json.dumps({"up": norm(step.up), "down": norm(step.down), "verify": norm(step.verify),
                             "verify_down": norm(step.verify_down)}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def backfill_checksum(step: BackfillStep) -> str:
+    what = step.model_dump(mode="json", include={"source", "target", "columns", "key", "watermark", "append_only"})
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def actions_for(step: SchemaStep, dialect: Dialect) -> StepActions:
@@ -122,9 +133,17 @@ class StepRunner:
     """Runs steps against one target engine on behalf of one Airflow task try."""
 
     def __init__(self, engine: Engine, dialect: Dialect, ledger: Ledger, who: RunIdentity,
-                 lock: LockCheck | None = None):
+                 lock: LockCheck | None = None, *, plan: Plan | None = None, source: Engine | None = None):
         self.engine, self.dialect, self.ledger, self.who = engine, dialect, ledger, who
         self.lock: LockCheck = lock or _NoLockCheck()
+        self.plan, self.source = plan, source
+
+    def backfill(self, step: BackfillStep, **options: Any) -> BackfillRunner:
+        """The runner of a backfill step, reading from the plan's source (the target when it has none)."""
+        from airflow_migrate_provider.core.backfill.runner import BackfillRunner
+
+        return BackfillRunner(self.ledger.plan_id, step, self.source or self.engine, self.engine, self.ledger,
+                              self.who, self.lock, **options)
 
     # -- queries --------------------------------------------------------------------------------
     def run_verify(self, conn: Connection, step_id: str, queries: list[str]) -> list[str]:
@@ -171,16 +190,25 @@ class StepRunner:
         """Bring the target to the state right after ``step_id``: apply, in plan order, every step up to it
         that is not applied. Clearing only a failed task after a rollback reverted its predecessors thus
         re-applies them first instead of failing on their missing changes."""
+        step = plan.step(step_id)
+        results = self.apply_before(plan, step_id)
+        results.append(self.backfill(step).run() if isinstance(step, BackfillStep) else self.apply(step))
+        return results
+
+    def apply_before(self, plan: Plan, step_id: str) -> list[StepResult]:
+        """Apply, in plan order, every step before ``step_id`` that is not applied in the target."""
         applied = self.ledger.applied()
         results = []
         for step in plan.steps:
             if step.id == step_id:
-                results.append(self.apply(step))
                 return results
-            if step.id not in applied:
-                log.warning("earlier step '%s' is not applied in the target (reverted by a rollback?); "
-                            "applying it first", step.id)
-                results.append(self.apply(step))
+            if step.id in applied and applied[step.id].status == "applied":
+                continue
+            if step.id in applied and isinstance(step, SchemaStep):
+                continue  # a partly applied non-transactional step: apply() resumes it below only when asked
+            log.warning("earlier step '%s' is not applied in the target (reverted by a rollback?); "
+                        "applying it first", step.id)
+            results.append(self.backfill(step).run() if isinstance(step, BackfillStep) else self.apply(step))
         raise KeyError(f"plan '{plan.id}' has no step '{step_id}'")
 
     def revert(self, applied: HistoryRow) -> StepResult:
@@ -189,6 +217,8 @@ class StepRunner:
         A non-transactional down that stopped part way (a failed or interrupted revert after ``applied``)
         resumes after the last statement it committed instead of re-running committed statements.
         """
+        if applied.actions.get("kind") == "backfill":
+            return self.backfill(self._plan_step(applied.step_id)).revert(applied)
         actions = StepActions.from_json(applied.actions)
         resume_from = 0
         if not actions.transactional:
@@ -238,8 +268,17 @@ class StepRunner:
         return result
 
     # -- verify only ----------------------------------------------------------------------------
-    def verify(self, step: SchemaStep) -> StepResult:
+    def _plan_step(self, step_id: str) -> BackfillStep:
+        step = self.plan.step(step_id) if self.plan is not None else None
+        if not isinstance(step, BackfillStep):
+            raise MigrateError(f"step '{step_id}' was applied as a backfill but the plan no longer has it as one; "
+                               f"restore the step in the plan to revert it")
+        return step
+
+    def verify(self, step: SchemaStep | BackfillStep) -> StepResult:
         """Re-run a step's verify queries in a transaction that is rolled back (changes nothing)."""
+        if isinstance(step, BackfillStep):
+            return self.backfill(step).verify()
         t0 = time.monotonic()
         with self.engine.connect() as conn:
             try:

@@ -17,7 +17,7 @@ from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
 from airflow_migrate_provider.core.steps import StepRunner
-from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError, StepFailed
+from airflow_migrate_provider.errors import BackfillFailed, ConnectionUnavailable, MigrateError, StepFailed
 from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.plan.model import Plan
 
@@ -27,7 +27,7 @@ FAILED_STATES = frozenset({"failed", "upstream_failed"})
 def airflow_error(exc: MigrateError) -> AirflowException:
     """Retry only what can succeed on retry: lost connections and lock timeouts. Everything else
     (verification, checksum, plan, SQL errors) fails at once and goes to rollback."""
-    transient = isinstance(exc, (ConnectionUnavailable, StepFailed)) and exc.transient
+    transient = isinstance(exc, (ConnectionUnavailable, StepFailed, BackfillFailed)) and exc.transient
     return AirflowException(str(exc)) if transient else AirflowFailException(str(exc))
 
 

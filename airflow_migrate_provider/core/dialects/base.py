@@ -33,3 +33,8 @@ class Dialect(ABC):
     @abstractmethod
     def is_transient(self, exc: BaseException) -> bool:
         """True when retrying the same work later can succeed (connection lost, lock timeout, deadlock)."""
+
+    def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
+        """Inside ``conn``'s open transaction, block other sessions' writes to ``quoted_tables`` (reads go on)
+        until the transaction ends. Waits at most ``timeout_s`` for the lock."""
+        raise NotImplementedError(f"{self.name}: locking tables for a final sync is not supported")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 
 from airflow_migrate_provider.core.dialects.base import Dialect
 
@@ -22,3 +23,8 @@ class PostgresDialect(Dialect):
         if sqlstate:
             return sqlstate.startswith(TRANSIENT_SQLSTATES)
         return isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError))
+
+    def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
+        # SHARE conflicts with the ROW EXCLUSIVE lock every INSERT/UPDATE/DELETE takes; readers are not blocked
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'")
+        conn.exec_driver_sql(f"LOCK TABLE {', '.join(quoted_tables)} IN SHARE MODE")

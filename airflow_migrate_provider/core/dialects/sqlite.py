@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.dialects.base import Dialect
 
@@ -51,3 +51,9 @@ class SqliteDialect(Dialect):
         if isinstance(code, int):
             return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
         return str(orig).strip().lower().startswith(_TRANSIENT_MESSAGES)
+
+    def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
+        # the transaction began with BEGIN IMMEDIATE (see prepare): it already holds the database's write
+        # lock, which is the finest lock SQLite has; make sure of it with a write that changes nothing
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        conn.exec_driver_sql(f"DELETE FROM {quoted_tables[0]} WHERE 0")

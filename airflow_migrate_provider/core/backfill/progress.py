@@ -1,0 +1,45 @@
+"""Progress lines for analysts reading the task log: rows done / total, rate and ETA, one per batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Counts rows copied by this task try; logs one line per batch."""
+
+    def __init__(self, label: str, total: int, done: int, log: logging.Logger):
+        self.label, self.total, self.done, self.log = label, total, done, log
+        self.started = time.monotonic()
+        self.copied = 0  # by this try
+        self.batches = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.copied / self.elapsed if self.elapsed > 0 else 0.0
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self.done += rows
+        self.copied += rows
+        self.batches += 1
+        total = max(self.total, self.done)
+        pct = f" ({100 * self.done / total:.1f}%)" if total else ""
+        eta = f", ETA {_duration((total - self.done) / self.rate)}" if self.rate > 0 and total > self.done else ""
+        self.log.info("%s: batch %d +%s rows in %.2f s; %s/%s%s, %s rows/s%s", self.label, self.batches,
+                      f"{rows:,}", seconds, f"{self.done:,}", f"{total:,}", pct, f"{self.rate:,.0f}", eta)
+
+    def summary(self) -> str:
+        return (f"{self.label}: {self.copied:,} rows in {self.batches} batches, {_duration(self.elapsed)} "
+                f"({self.rate:,.0f} rows/s); {self.done:,} of {max(self.total, self.done):,} done")
