@@ -75,7 +75,11 @@ def render(path: str | Path, dialect: str | None = None, connections: dict[str, 
             current_group = group
         kind = " (teardown)" if task.is_teardown else ""
         rule = getattr(task.trigger_rule, "value", task.trigger_rule)
-        lines.append(f"  {task.task_id}  <{type(task).__name__}>{kind} trigger_rule={rule}")
+        mapped = task.operator_class if hasattr(task, "partial_kwargs") else None  # mapped: one per chunk
+        name = f"{mapped.__name__}, mapped" if mapped is not None else type(task).__name__
+        lines.append(f"  {task.task_id}  <{name}>{kind} trigger_rule={rule}")
+        if mapped is not None and issubclass(mapped, MigrationOperator):
+            task = mapped(task_id=task.task_id.rsplit(".", 1)[-1], **task.partial_kwargs)
         if isinstance(task, MigrationOperator):
             lines += [f"      {line}" for line in task.describe(dialect)]
     return "\n".join(lines)

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 from itertools import pairwise
+from typing import Any
 
 from airflow.sdk import DAG, TaskGroup, TriggerRule
 
 from airflow_migrate_provider.operators import (
     ApplyStepOperator,
+    BackfillOperator,
     MigrationOutcomeOperator,
     PreflightOperator,
     RollbackOperator,
     VerifyStepsOperator,
 )
-from airflow_migrate_provider.plan.model import Plan
+from airflow_migrate_provider.plan.model import BackfillStep, Plan
 
 PREFLIGHT_TASK = "preflight.check"
 VERIFY_TASK = "verify.verify_steps"
@@ -34,6 +36,37 @@ OUTCOME_TASK = "outcome"
 
 def step_task_id(step_id: str) -> str:
     return f"steps.{step_id}"
+
+
+def backfill_task_ids(step: BackfillStep) -> list[str]:
+    """A backfill step's tasks, in order: start, the mapped chunk copy, recent (phase 2), final."""
+    final = "final_sync" if step.phases.final_sync else "finish"
+    names = ["start", "copy_chunk", *(["copy_recent"] if step.phases.recent else []), final]
+    return [f"{step_task_id(step.id)}.{name}" for name in names]
+
+
+def step_task_ids(plan: Plan) -> list[str]:
+    """Every task that applies a step, in plan order (the phases the rollback and the outcome watch)."""
+    return [tid for step in plan.steps
+            for tid in (backfill_task_ids(step) if isinstance(step, BackfillStep) else [step_task_id(step.id)])]
+
+
+def _backfill_group(step: BackfillStep, common: dict[str, Any]) -> tuple[Any, Any]:
+    """The tasks of one backfill step in their own group: (first task, last task)."""
+    kwargs = {"step_id": step.id, **common}
+    with TaskGroup(step.id, tooltip=f"backfill {step.target}: chunks, recent rows, final sync"):
+        start = BackfillOperator(task_id="start", phase="start", doc_md=step.description or None, **kwargs)
+        copy = BackfillOperator.partial(
+            task_id="copy_chunk", phase="chunk", map_index_template="{{ task.chunk['label'] }}", **kwargs,
+        ).expand(chunk=start.output)
+        tasks: list[Any] = [start, copy]
+        if step.phases.recent:
+            tasks.append(BackfillOperator(task_id="copy_recent", phase="recent", **kwargs))
+        tasks.append(BackfillOperator(task_id="final_sync" if step.phases.final_sync else "finish",
+                                      phase="final", **kwargs))
+        for upstream, downstream in pairwise(tasks):
+            upstream >> downstream
+    return start, tasks[-1]
 
 
 def _doc_md(plan: Plan, source_text: str | None) -> str:
@@ -62,12 +95,18 @@ def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None 
     ) as dag:
         with TaskGroup("preflight", tooltip="connections, checklist, ledger, run lock"):
             preflight = PreflightOperator(task_id="check", **common)
-        with TaskGroup("steps", tooltip="schema steps, in plan order"):
-            step_tasks = [ApplyStepOperator(task_id=step.id, step_id=step.id, doc_md=step.description or None,
-                                            **common) for step in plan.steps]
+        ends: list[tuple[Any, Any]] = []
+        with TaskGroup("steps", tooltip="the plan's steps, in order"):
+            for step in plan.steps:
+                if isinstance(step, BackfillStep):
+                    ends.append(_backfill_group(step, common))
+                else:
+                    task = ApplyStepOperator(task_id=step.id, step_id=step.id, doc_md=step.description or None,
+                                             **common)
+                    ends.append((task, task))
         with TaskGroup("verify", tooltip="re-verify every step"):
             verify = VerifyStepsOperator(task_id="verify_steps", **common)
-        phase_ids = [step_task_id(s.id) for s in plan.steps] + [VERIFY_TASK]
+        phase_ids = [*step_task_ids(plan), VERIFY_TASK]
         with TaskGroup("rollback", tooltip="runs only if a phase failed"):
             rollback = RollbackOperator(task_id="revert_applied", watched_task_ids=phase_ids, retries=0,
                                         **common)
@@ -75,9 +114,9 @@ def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None 
             task_id=OUTCOME_TASK, watched_task_ids=[PREFLIGHT_TASK, *phase_ids], rollback_task_id=ROLLBACK_TASK,
             trigger_rule=TriggerRule.ALL_DONE, retries=0, **common,
         )
-        chain_tasks = [preflight, *step_tasks, verify]
-        for upstream, downstream in pairwise(chain_tasks):
-            upstream >> downstream
+        chain_ends = [(preflight, preflight), *ends, (verify, verify)]
+        for (_, upstream_last), (downstream_first, _) in pairwise(chain_ends):
+            upstream_last >> downstream_first
         verify >> rollback.as_teardown(setups=preflight)
         rollback >> outcome
     return dag

@@ -5,6 +5,8 @@ from __future__ import annotations
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.plan.model import Plan
 
+_WORST_FIRST = {"failed": 0, "upstream_failed": 1, "up_for_retry": 2, "running": 3, "skipped": 4, "success": 5}
+
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
@@ -24,6 +26,7 @@ def run_summary_table(plan: Plan, ledger: Ledger, who: RunIdentity, task_states:
         actions = ", ".join(f"{r.action} {r.status} (try {r.try_number}, {r.duration_s or 0:.2f}s)"
                             for r in done) or "-"
         state = "applied" if step.id in applied else "not applied"
-        task_state = next((s for t, s in task_states.items() if t.endswith(f".{step.id}")), "-")
+        tasks = [s for t, s in task_states.items() if t == f"steps.{step.id}" or t.startswith(f"steps.{step.id}.")]
+        task_state = min(tasks, key=lambda s: _WORST_FIRST.get(s, 9)) if tasks else "-"
         rows.append([step.id, task_state, state, actions])
     return format_table(["step", "task", "in target", "this run"], rows)

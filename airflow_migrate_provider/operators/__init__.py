@@ -1,6 +1,7 @@
 """Thin Airflow operators: each translates Airflow context into one core call."""
 
 from airflow_migrate_provider.operators.apply_step import ApplyStepOperator
+from airflow_migrate_provider.operators.backfill import BackfillOperator
 from airflow_migrate_provider.operators.outcome import MigrationOutcomeOperator
 from airflow_migrate_provider.operators.preflight import PreflightOperator
 from airflow_migrate_provider.operators.rollback import RollbackOperator
@@ -8,6 +9,7 @@ from airflow_migrate_provider.operators.verify_steps import VerifyStepsOperator
 
 __all__ = [
     "ApplyStepOperator",
+    "BackfillOperator",
     "MigrationOutcomeOperator",
     "PreflightOperator",
     "RollbackOperator",

@@ -22,6 +22,8 @@ from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.plan.model import Plan
 
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
+_WORST_FIRST = {"failed": 0, "upstream_failed": 1, "up_for_retry": 2, "running": 3, "deferred": 3, "queued": 4,
+                "scheduled": 5, "None": 6, "skipped": 7, "success": 8}
 
 
 def airflow_error(exc: MigrateError) -> AirflowException:
@@ -56,15 +58,20 @@ class MigrationOperator(BaseOperator):
         """A step runner holding this run's lock, renewed in the background while the task works."""
         plan, who = self.plan, self.who(context)
         engine, dialect = self.open_target()
+        source = None
         try:
+            if plan.connections.separate_source:
+                source = MigrationHook(plan.connections.separate_source).get_engine()
             ledger = Ledger(engine, plan.id)
             lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)
             if lease.took_over_from:
                 self.log.warning("took over the expired run lock from %s", lease.took_over_from)
             with LockKeeper(ledger, lease, plan.lock_ttl_seconds) as keeper:
-                yield StepRunner(engine, dialect, ledger, who, keeper)
+                yield StepRunner(engine, dialect, ledger, who, keeper, plan=plan, source=source)
         finally:
             engine.dispose()
+            if source is not None:
+                source.dispose()
 
     def execute(self, context: Context) -> Any:
         try:
@@ -82,6 +89,14 @@ class MigrationOperator(BaseOperator):
         return []
 
     def watched_states(self, context: Context, task_ids: list[str]) -> dict[str, str]:
+        """State per task id in this run; a mapped task (reported per map index as ``<task_id>_<n>``) gets
+        its worst instance's state, so one failed chunk counts as the task failing."""
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)
-        return {k: str(v) for k, v in states.get(ti.run_id, {}).items()}
+        folded: dict[str, str] = {}
+        for key, value in states.get(ti.run_id, {}).items():
+            task_id = key if key in task_ids else key.rpartition("_")[0]
+            state = str(value)
+            if task_id not in folded or _WORST_FIRST.get(state, 9) < _WORST_FIRST.get(folded[task_id], 9):
+                folded[task_id] = state
+        return folded
