@@ -174,7 +174,7 @@ def _pg_target_types(conn: Connection, quoted_table: str) -> dict[str, str]:
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
     ), {"t": quoted_table})
-    return dict(rows.tuples().all())
+    return {name: type_name for name, type_name in rows}
 
 
 def _source_output(engine: Engine, sql: SqlText, select: str) -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,137 @@
+"""Shared helpers for the backfill integration tests (plain functions and one context manager, no fixtures).
+
+A backfill moves rows between two engines: these helpers open them (PostgreSQL databases from the
+``pg_database_factory`` fixture, SQLite files under a temporary directory), build a plan, and read back
+the ledger and checkpoint tables the way a user inspecting the target would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.dialects import dialect_for
+from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+from airflow_migrate_provider.core.steps import StepRunner
+from airflow_migrate_provider.plan.model import Plan
+
+PLAN_ID = "bf_plan"
+CHECKPOINT_TABLE = "airflow_migrate_backfill"
+# source → target pairs: "same" means source and target tables live in one database
+PAIRS = ["pg-pg", "pg-same", "pg-sqlite", "sqlite-pg", "sqlite-sqlite", "sqlite-same"]
+
+
+@dataclass
+class Pair:
+    """A source and a target engine (the same engine object for the "same database" pairs)."""
+
+    kind: str
+    source: Engine
+    target: Engine
+
+    @property
+    def src_dialect(self) -> str:
+        return self.source.dialect.name
+
+    @property
+    def tgt_dialect(self) -> str:
+        return self.target.dialect.name
+
+    @property
+    def same_database(self) -> bool:
+        return self.source is self.target
+
+
+@contextmanager
+def open_pair(kind: str, pg_database_factory: Any, tmp_path: Path) -> Iterator[Pair]:
+    """Fresh, empty databases for one pair kind; engines disposed and PG databases dropped afterwards."""
+    with ExitStack() as stack:
+        engines: list[Engine] = []
+
+        def pg() -> Engine:
+            db = stack.enter_context(pg_database_factory())
+            engines.append(sa.create_engine(db.sqlalchemy_url))
+            return engines[-1]
+
+        def lite(name: str) -> Engine:
+            engines.append(sa.create_engine(f"sqlite:///{(tmp_path / name).resolve()}"))
+            return engines[-1]
+
+        src_kind, _, tgt_kind = kind.partition("-")
+        source = pg() if src_kind == "pg" else lite("source.sqlite")
+        if tgt_kind == "same":
+            target = source
+        else:
+            target = pg() if tgt_kind == "pg" else lite("target.sqlite")
+        for engine in {id(e): e for e in (source, target)}.values():
+            dialect_for(engine)
+        try:
+            yield Pair(kind, source, target)
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+
+def backfill_plan(*steps: dict[str, Any], plan_id: str = PLAN_ID) -> Plan:
+    """A plan of backfill steps (``kind: backfill`` added to each)."""
+    return Plan.model_validate({"id": plan_id, "connections": {"target": "tgt", "source": "src"},
+                                "steps": [{"kind": "backfill", **s} for s in steps]})
+
+
+def who(run_id: str = "run1", try_number: int = 1) -> RunIdentity:
+    return RunIdentity(PLAN_ID, run_id, try_number, host="it-host", pid=4242)
+
+
+def runner_for(pair: Pair, plan: Plan, run_id: str = "run1") -> tuple[Ledger, RunIdentity, StepRunner]:
+    ledger = Ledger(pair.target, plan.id)
+    ledger.ensure()
+    me = who(run_id)
+    return ledger, me, StepRunner(pair.target, dialect_for(pair.target), ledger, me, plan=plan,
+                                  source=pair.source)
+
+
+def run_sql(engine: Engine, *statements: str) -> None:
+    """Run DDL/DML text in one transaction (no bound parameters: write ``%`` as is)."""
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
+
+
+def insert_rows(engine: Engine, sql: str, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql), rows)
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def fetch(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql), params or {})]
+
+
+def checkpoint_rows(engine: Engine, step_id: str, plan_id: str = PLAN_ID) -> list[dict[str, Any]]:
+    """The step's checkpoint rows (chunk -1 is the step's phase state); [] when the table is missing."""
+    if CHECKPOINT_TABLE not in sa.inspect(engine).get_table_names():
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            f"SELECT chunk, rows_total, rows_copied, status FROM {CHECKPOINT_TABLE} "
+            "WHERE plan_id = :p AND step_id = :s ORDER BY chunk"), {"p": plan_id, "s": step_id})
+        return [dict(r._mapping) for r in rows]
+
+
+def history(ledger: Ledger, step_id: str) -> list[tuple[str, str]]:
+    """(action, status) of every ledger row of a step, oldest first."""
+    if not ledger.exists():
+        return []
+    return [(r.action, r.status) for r in ledger.rows(step_id)]

@@ -1,0 +1,667 @@
+"""Backfill crash/resume and live-source tests against real PostgreSQL (and SQLite) databases.
+
+- SIGKILL: a child process (backfill_resume_worker.py) runs all phases of a backfill; the test kills it at
+  a random moment, checks that every checkpoint matches exactly the rows committed with it, then resumes
+  in-process and checks that the target equals the source (checksums computed in SQL on both sides).
+- Live source: a writer thread inserts and updates source rows during phases 1-2 (and into phase 3); the
+  final sync under the source lock makes the target equal to the source as of the lock.
+- max_lock_seconds: an over-long lock window fails the step and releases the source lock.
+
+Random kill moments come from ``random.Random`` seeded per trial from ``SEED`` (printed; set
+``BACKFILL_RESUME_SEED`` to replay a run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backfill_resume_worker import STEP_ID, backfill_runner, plan_doc
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.backfill.state import PhaseState, loads
+from airflow_migrate_provider.core.ledger import Ledger
+from airflow_migrate_provider.errors import BackfillFailed
+from airflow_migrate_provider.plan.model import Plan
+
+WORKER = Path(__file__).with_name("backfill_resume_worker.py")
+SEED = int(os.environ.get("BACKFILL_RESUME_SEED") or random.SystemRandom().randrange(2**32))
+CHECKPOINTS = "airflow_migrate_backfill"
+UTC = timezone.utc
+COLS = "id, n, s, j, amount, updated_at"
+
+# source rows: ids 1..N without multiples of 13 (gaps); every 8th id "touched" recently, so that phases
+# 2 and 3 (watermark lag of one day) have ~1/8 of the table to re-copy
+PG_ROWS_SQL = """
+INSERT INTO {table} (id, n, s, j, amount, updated_at)
+SELECT g,
+       CASE WHEN g % 97 = 0 THEN NULL ELSE (g * 7919) % 100000 END,
+       md5(g::text) || repeat('x', g % 40) || CASE WHEN g % 11 = 0 THEN E' tab\\there, \\\\ "q" ' ELSE '' END,
+       jsonb_build_object('g', g, 'tags', jsonb_build_array(g % 3, 'a'), 'f', g / 7.0),
+       round(((g * 137) % 10000000) / 100.0, 2),
+       CASE WHEN g % 8 = 0 THEN timestamptz '2024-01-01 00:00:00+00' + (g % 3600) * interval '1 second'
+            ELSE timestamptz '2000-01-01 00:00:00+00' + g * interval '1 second' END
+FROM generate_series(1, {n}) AS g
+WHERE g % 13 <> 0
+"""
+PG_TABLE_DDL = ("CREATE TABLE {table} (id bigint PRIMARY KEY, n integer, s text, j jsonb, amount numeric(12,2), "
+                "updated_at timestamptz NOT NULL)")
+SQLITE_TABLE_DDL = ("CREATE TABLE {table} (id INTEGER PRIMARY KEY, n INTEGER, s TEXT, j JSON, amount NUMERIC(12,2), "
+                    "updated_at TIMESTAMP NOT NULL)")
+BIG_ROWS = 65_000  # 60k rows after the gaps
+SMALL_ROWS = 21_000  # ~19k rows: the generic (non-COPY) path moves rows through Python
+LAG_DAY = 86_400
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def _create_table(engine: Engine, table: str) -> None:
+    ddl = PG_TABLE_DDL if engine.dialect.name == "postgresql" else SQLITE_TABLE_DDL
+    with engine.begin() as conn:
+        conn.exec_driver_sql(ddl.format(table=table))
+
+
+def _fill_pg(engine: Engine, table: str, n: int) -> None:
+    _create_table(engine, table)
+    with engine.begin() as conn:
+        conn.execute(text(PG_ROWS_SQL.format(table=table, n=n)))
+        conn.exec_driver_sql(f"ANALYZE {table}")
+
+
+def _fill_sqlite(engine: Engine, table: str, n: int) -> None:
+    _create_table(engine, table)
+    base, recent = datetime(2000, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [{"id": g, "n": None if g % 97 == 0 else (g * 7919) % 100000,
+             "s": f"s{g}-" + "x" * (g % 40) + (' tab\there, \\ "q" ' if g % 11 == 0 else ""),
+             "j": json.dumps({"g": g, "tags": [g % 3, "a"], "f": round(g / 7.0, 6)}),
+             "amount": str(Decimal((g * 137) % 10000000) / 100),
+             "updated_at": ((recent + timedelta(seconds=g % 3600)) if g % 8 == 0
+                            else (base + timedelta(seconds=g))).isoformat(sep=" ")}
+            for g in range(1, n + 1) if g % 13]
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO {table} ({COLS}) VALUES (:id, :n, :s, :j, :amount, :updated_at)"), rows)
+
+
+def _norm(row: Any) -> tuple[Any, ...]:
+    """One row as comparable Python values, whichever database it was read from."""
+    key, n, s, j, amount, ts = row
+    if isinstance(j, str):
+        j = json.loads(j)
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    amount = None if amount is None else Decimal(str(amount)).quantize(Decimal("0.01"))
+    return int(key), n, s, json.dumps(j, sort_keys=True), amount, ts.astimezone(UTC)
+
+
+def digest(engine: Engine, table: str, where: str = "", params: dict[str, Any] | None = None,
+           *, sql: bool = True) -> Any:
+    """An order-independent fingerprint of the rows. ``sql``: count and sum of per-row hashes computed by
+    PostgreSQL (both sides must be PostgreSQL with the same column types); else the sorted, normalized rows."""
+    where_sql = f" WHERE {where}" if where else ""
+    with engine.connect() as conn:
+        if sql:
+            return tuple(conn.execute(text(
+                f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "
+                f"FROM (SELECT {COLS} FROM {table}{where_sql}) AS t"), params or {}).one())
+        return sorted(_norm(r) for r in conn.execute(text(f"SELECT {COLS} FROM {table}{where_sql}"), params or {}))
+
+
+def _count(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql), params or {}).scalar() or 0)
+
+
+@dataclass
+class Snapshot:
+    """What the target's checkpoints and ledger say at one moment."""
+
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    phase: PhaseState | None = None
+    status: str | None = None  # the ledger's status of the step (None: never started)
+
+    @property
+    def where(self) -> str:
+        if self.phase is None:
+            return "before start"
+        if any(c["status"] != "done" for c in self.chunks):
+            return "phase 1"
+        if not self.phase.recent.get("done"):
+            return "phase 2"
+        return "finished" if self.status == "applied" else "phase 3"
+
+
+def snapshot(target: Engine, plan_id: str) -> Snapshot:
+    snap = Snapshot()
+    if not inspect(target).has_table(CHECKPOINTS):
+        return snap
+    with target.connect() as conn:
+        rows = conn.execute(text(
+            f"SELECT chunk, lo, hi, position, rows_total, rows_copied, status, phase_state FROM {CHECKPOINTS} "
+            f"WHERE plan_id = :p AND step_id = :s ORDER BY chunk"), {"p": plan_id, "s": STEP_ID}).all()
+    for r in rows:
+        if r.chunk == -1:
+            snap.phase = PhaseState.from_json(r.phase_state)
+        else:
+            snap.chunks.append({"chunk": r.chunk, "lo": loads(r.lo), "hi": loads(r.hi), "position": loads(r.position),
+                                "rows_total": int(r.rows_total), "rows_copied": int(r.rows_copied),
+                                "status": r.status})
+    row = Ledger(target, plan_id).applied().get(STEP_ID)
+    snap.status = row.status if row is not None else None
+    return snap
+
+
+@dataclass
+class Pair:
+    """One source table and where its backfill goes."""
+
+    name: str
+    source_url: str
+    source_table: str
+    target_kind: str = "postgresql"
+    lag_seconds: int = LAG_DAY
+
+    @property
+    def both_pg(self) -> bool:
+        return self.source_url.startswith("postgresql") and self.target_kind == "postgresql"
+
+
+def _spawn(pair: Pair, target_url: str, plan: dict[str, Any], run_id: str, stderr_path: Path) -> subprocess.Popen:
+    cfg = {"source_url": pair.source_url, "target_url": target_url, "plan": plan, "step_id": STEP_ID,
+           "run_id": run_id}
+    with stderr_path.open("wb") as err:
+        return subprocess.Popen([sys.executable, str(WORKER), json.dumps(cfg)], stdout=subprocess.PIPE,
+                                stderr=err, text=True, cwd=str(WORKER.parent))
+
+
+def _markers(lines: list[str]) -> dict[str, float]:
+    out = {}
+    for line in lines:
+        what, _, rest = line.partition(" ")
+        if what != "report":
+            out[what] = float(rest)
+    return out
+
+
+def calibrate(pair: Pair, target_url: str, tmp: Path) -> dict[str, float]:
+    """Run the worker once to the end: when each phase begins, in seconds after ``ready``."""
+    target = create_engine(target_url)
+    try:
+        _create_table(target, "orders_v2")
+    finally:
+        target.dispose()
+    proc = _spawn(pair, target_url, plan_doc("calibrate", pair.source_table, "orders_v2",
+                                             lag_seconds=pair.lag_seconds), "calibrate", tmp / "calibrate.err")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (tmp / "calibrate.err").read_text()[-3000:]
+    marks = _markers(out.splitlines())
+    print(f"calibration {pair.name}: {marks}")
+    return marks
+
+
+# kill windows by trial: mostly in phase 1, but phases 0, 2 and 3 get their share
+AIMS = ("phase1", "phase2", "phase1", "phase3", "phase1", "any", "phase1", "phase2", "start", "phase1")
+WINDOWS = {"start": ("ready", "phase1"), "phase1": ("phase1", "phase2"), "phase2": ("phase2", "phase3"),
+           "phase3": ("phase3", "done"), "any": ("ready", "done")}
+
+
+def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial: int, tmp: Path,
+                    caplog: pytest.LogCaptureFixture) -> str:
+    """One trial: run the backfill in a child, SIGKILL it at a random moment, check the checkpoints,
+    resume in-process, check the result. Returns where the kill landed."""
+    rng = random.Random(f"{SEED}:{pair.name}:{trial}")
+    aim = AIMS[trial % len(AIMS)]
+    lo, hi = (marks[m] for m in WINDOWS[aim])
+    delay = rng.uniform(lo, hi)
+    plan_id, table = f"resume_{trial}", f"orders_{pair.name.replace('-', '_')}_{trial}"
+    tag = f"[seed {SEED} {pair.name} trial {trial}: aim {aim}, kill after {delay:.3f} s]"
+    print(tag)
+    source, target = create_engine(pair.source_url), create_engine(target_url)
+    sql = pair.both_pg
+    try:
+        _create_table(target, table)
+        plan = plan_doc(plan_id, pair.source_table, table, lag_seconds=pair.lag_seconds)
+        proc = _spawn(pair, target_url, plan, "killed", tmp / "worker.err")
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready.startswith("ready"), f"{tag} worker failed to start: {(tmp / 'worker.err').read_text()[-3000:]}"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)  # a no-op when it already finished
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
+        killed = proc.returncode == -signal.SIGKILL
+        assert killed or proc.returncode == 0, f"{tag} worker failed: {(tmp / 'worker.err').read_text()[-3000:]}"
+        seen = _markers([ready, *out.splitlines()])
+
+        # -- after the kill: each checkpoint matches exactly the rows committed with it ------------------
+        before = snapshot(target, plan_id)
+        print(f"{tag} killed={killed}, last marker {max(seen, key=seen.get)}, landed in {before.where}; "
+              f"chunks {[(c['rows_copied'], c['rows_total'], c['status']) for c in before.chunks]}")
+        for c in before.chunks:
+            lo_key, hi_key = c["lo"][0], c["hi"][0]
+            in_chunk = _count(target, f"SELECT count(*) FROM {table} WHERE id > :lo AND id <= :hi",
+                              {"lo": lo_key, "hi": hi_key})
+            assert in_chunk == c["rows_copied"], f"{tag} chunk {c}: {in_chunk} rows in the target"
+            source_total = _count(source, f"SELECT count(*) FROM {pair.source_table} WHERE id > :lo AND id <= :hi",
+                                  {"lo": lo_key, "hi": hi_key})
+            assert c["rows_total"] == source_total, f"{tag} chunk {c}: {source_total} rows in the source"
+            if c["status"] == "done":
+                assert c["rows_copied"] == c["rows_total"], f"{tag} {c}"
+            if c["position"] is not None:
+                upto = {"lo": lo_key, "hi": c["position"][0]}
+                assert digest(target, table, "id > :lo AND id <= :hi", upto, sql=sql) == digest(
+                    source, pair.source_table, "id > :lo AND id <= :hi", upto, sql=sql), f"{tag} {c}"
+            else:
+                assert c["rows_copied"] == 0, f"{tag} {c}"
+        recent = before.phase.recent if before.phase is not None else {}
+        if recent.get("position") is not None:  # phase 2's count committed with its rows
+            assert before.phase is not None
+            delta = _count(source, f"SELECT count(*) FROM {pair.source_table} WHERE (id > :hw OR updated_at >= :cut)"
+                                   f" AND id <= :pos", {"hw": before.phase.high_water[0],
+                                                        "cut": before.phase.cutoff,
+                                                        "pos": recent["position"][0]})
+            assert recent["rows"] == delta, f"{tag} phase 2 checkpoint {recent} vs {delta} delta rows"
+
+        # -- resume in this process, as a retried task would ---------------------------------------------
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="airflow_migrate_provider"):
+            bf = backfill_runner(source, target, Plan.model_validate(plan), "resumed")
+            chunks = bf.start()
+            if before.chunks:
+                assert [(c["chunk"], c["rows"]) for c in chunks] == [
+                    (c["chunk"], c["rows_total"]) for c in before.chunks], f"{tag} start() is not idempotent"
+            copied = {info["chunk"]: bf.copy_chunk(info["chunk"]).rows for info in chunks}
+            bf.copy_recent()
+            report = bf.final_sync()
+        logs = [r.getMessage() for r in caplog.records if r.name.startswith("airflow_migrate_provider")]
+
+        # re-copies nothing that was committed: phase 1 of the resumed run copies exactly what was missing
+        for c in before.chunks:
+            assert copied[c["chunk"]] == c["rows_total"] - c["rows_copied"], f"{tag} {c} resumed {copied}"
+            if c["position"] is not None and c["status"] != "done":
+                want = f"resuming after key {c['position']}"
+                assert any(want in m and f"chunk {c['chunk'] + 1}/" in m for m in logs), f"{tag} no '{want}': {logs}"
+        if recent.get("position") is not None and not recent.get("done"):
+            want = f"resuming after key {recent['position']}"
+            assert any("phase 2" in m and want in m for m in logs), f"{tag} no phase 2 '{want}': {logs}"
+
+        after = snapshot(target, plan_id)
+        assert after.status == "applied" and after.where == "finished", f"{tag} {after}"
+        assert all(c["rows_copied"] == c["rows_total"] for c in after.chunks), f"{tag} {after.chunks}"
+        if before.status != "applied":
+            assert report.detail["source_rows"] == report.detail["target_rows"], f"{tag} {report.detail}"
+        assert _count(target, f"SELECT count(*) - count(DISTINCT id) FROM {table}") == 0, f"{tag} duplicate keys"
+        src_digest = digest(source, pair.source_table, sql=sql)
+        assert digest(target, table, sql=sql) == src_digest, f"{tag} target differs from source"
+        return before.where
+    finally:
+        source.dispose()
+        with target.begin() as conn:  # the target database outlives the trial; its tables need not
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        target.dispose()
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pg_source(pg_database_factory) -> Iterator[str]:
+    """A PostgreSQL source shared by the kill trials (they only read it): ``orders`` (~79k rows) and
+    ``orders_small`` (~19k rows)."""
+    with pg_database_factory() as db:
+        engine = create_engine(db.sqlalchemy_url)
+        try:
+            _fill_pg(engine, "orders", BIG_ROWS)
+            _fill_pg(engine, "orders_small", SMALL_ROWS)
+        finally:
+            engine.dispose()
+        yield db.sqlalchemy_url
+
+
+@pytest.fixture(scope="module")
+def pg_target(pg_database_factory) -> Iterator[str]:
+    """A PostgreSQL target shared by the kill trials: each trial copies into its own table, with its own plan
+    id (so its own checkpoint and ledger rows)."""
+    with pg_database_factory() as db:
+        yield db.sqlalchemy_url
+
+
+@pytest.fixture(scope="module")
+def sqlite_source(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('bf-src') / 'source.sqlite'}"
+    engine = create_engine(url)
+    try:
+        _fill_sqlite(engine, "orders_small", SMALL_ROWS)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="module")
+def calibrations(pg_database_factory, tmp_path_factory):
+    """Phase timings per source/target pair, measured once per module by a full uninterrupted run."""
+    cache: dict[str, dict[str, float]] = {}
+
+    def get(pair: Pair) -> dict[str, float]:
+        if pair.name not in cache:
+            tmp = tmp_path_factory.mktemp(f"calibrate-{pair.name}")
+            if pair.target_kind == "postgresql":
+                with pg_database_factory() as db:
+                    cache[pair.name] = calibrate(pair, db.sqlalchemy_url, tmp)
+            else:
+                cache[pair.name] = calibrate(pair, f"sqlite:///{tmp / 'target.sqlite'}", tmp)
+        return cache[pair.name]
+
+    return get
+
+
+# -- 1. SIGKILL and resume, PostgreSQL -> PostgreSQL (binary COPY path) --------------------------------
+
+def _pg_trial(pg_source, pg_target, calibrations, tmp_path, caplog, trial: int) -> None:
+    pair = Pair("pg-pg", pg_source, "orders")
+    kill_and_resume(pair, pg_target, calibrations(pair), trial, tmp_path, caplog)
+
+
+@pytest.mark.parametrize("trial", range(10))
+def test_sigkill_then_resume_pg_to_pg(pg_source, pg_target, calibrations, tmp_path, caplog, trial):
+    _pg_trial(pg_source, pg_target, calibrations, tmp_path, caplog, trial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(100, 150))
+def test_sigkill_then_resume_pg_to_pg_many(pg_source, pg_target, calibrations, tmp_path, caplog, trial):
+    _pg_trial(pg_source, pg_target, calibrations, tmp_path, caplog, trial)
+
+
+# -- 2. SIGKILL and resume on the generic path ----------------------------------------------------------
+
+@pytest.mark.parametrize("trial", range(3))
+def test_sigkill_then_resume_sqlite_to_pg(sqlite_source, pg_target, calibrations, tmp_path, caplog, trial):
+    pair = Pair("sqlite-pg", sqlite_source, "orders_small")
+    kill_and_resume(pair, pg_target, calibrations(pair), trial, tmp_path, caplog)
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_sigkill_then_resume_pg_to_sqlite(pg_source, calibrations, tmp_path, caplog, trial):
+    pair = Pair("pg-sqlite", pg_source, "orders_small", target_kind="sqlite")
+    kill_and_resume(pair, f"sqlite:///{tmp_path / 'target.sqlite'}", calibrations(pair), trial, tmp_path, caplog)
+
+
+# -- 3. a live source: concurrent inserts and updates ---------------------------------------------------
+
+WRITER_INSERT = text(
+    "INSERT INTO orders (id, n, s, j, amount, updated_at) SELECT g, g % 1000, 'new-' || g, "
+    "jsonb_build_object('new', g), g / 100.0, clock_timestamp() FROM generate_series(:a, :b) AS g")
+WRITER_UPDATE = text(
+    "UPDATE orders SET n = coalesce(n, 0) + 1, s = s || '+', amount = amount + 1, "
+    "j = jsonb_set(j, '{v}', to_jsonb(coalesce((j->>'v')::int, 0) + 1)), updated_at = clock_timestamp() "
+    "WHERE id = ANY(:ids)")
+
+
+class SourceWriter(threading.Thread):
+    """Inserts rows above the current max id and updates random rows (values and ``updated_at =
+    clock_timestamp()``), one autocommit statement at a time, until stopped."""
+
+    def __init__(self, url: str, next_id: int, seed: int):
+        super().__init__(daemon=True)
+        self.engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        self.next_id, self.rng = next_id, random.Random(seed)
+        self.halt = threading.Event()
+        self.ops, self.inserted, self.max_op_seconds = 0, 0, 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                while not self.halt.is_set():
+                    t0 = time.monotonic()
+                    if self.rng.random() < 0.4:
+                        k = self.rng.randint(1, 5)
+                        conn.execute(WRITER_INSERT, {"a": self.next_id, "b": self.next_id + k - 1})
+                        self.next_id += k
+                        self.inserted += k
+                    else:
+                        ids = [self.rng.randint(1, self.next_id - 1) for _ in range(self.rng.randint(1, 20))]
+                        conn.execute(WRITER_UPDATE, {"ids": ids})
+                    self.max_op_seconds = max(self.max_op_seconds, time.monotonic() - t0)
+                    self.ops += 1
+                    time.sleep(self.rng.uniform(0, 0.002))
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+        self.engine.dispose()
+        assert not self.is_alive(), "the writer did not stop"
+        if self.error is not None:
+            raise AssertionError(f"the writer failed: {self.error!r}") from self.error
+
+
+LIVE_ROWS = 60_000
+
+
+@pytest.fixture
+def live_source(pg_database_factory) -> Iterator[str]:
+    """A fresh PostgreSQL source (the test writes to it): ``orders`` with ~55k rows."""
+    with pg_database_factory() as db:
+        engine = create_engine(db.sqlalchemy_url)
+        try:
+            _fill_pg(engine, "orders", LIVE_ROWS)
+        finally:
+            engine.dispose()
+        yield db.sqlalchemy_url
+
+
+def _live_runner(source_url: str, target_url: str, *, max_lock_seconds: float = 10.0, lag_seconds: int = 0):
+    source, target = create_engine(source_url), create_engine(target_url)
+    _create_table(target, "orders_v2")
+    plan = Plan.model_validate(plan_doc("live", "orders", "orders_v2", lag_seconds=lag_seconds,
+                                        max_lock_seconds=max_lock_seconds))
+    return source, target, backfill_runner(source, target, plan, "live")
+
+
+def test_concurrent_writes_during_phases_1_and_2(live_source, pg_database):
+    seed = SEED ^ 0x5EED
+    print(f"seed {SEED} (writer seed {seed})")
+    source, target, bf = _live_runner(live_source, pg_database.sqlalchemy_url)
+    writer = SourceWriter(live_source, LIVE_ROWS + 1, seed)
+    try:
+        writer.start()
+        time.sleep(0.2)
+        chunks = bf.start()
+        for info in chunks:
+            bf.copy_chunk(info["chunk"])
+        recent = bf.copy_recent()
+        time.sleep(0.1)  # changes after phase 2 are the final sync's
+    finally:
+        writer.stop()
+    report = bf.final_sync()
+    print(f"writer: {writer.ops} ops, {writer.inserted} rows inserted; phase 2 copied {recent.rows}, "
+          f"phase 3 {report.rows}")
+    assert writer.ops > 50 and writer.inserted > 0
+    assert recent.rows > 0 and report.rows > 0
+    assert report.detail["source_rows"] == report.detail["target_rows"]
+    assert digest(target, "orders_v2") == digest(source, "orders")
+    assert Ledger(target, "live").applied()[STEP_ID].status == "applied"
+    source.dispose()
+    target.dispose()
+
+
+class LockSpy:
+    """Wraps the source dialect: right after the final sync's lock is taken, reads the database clock in the
+    locked transaction and proves that another session's UPDATE cannot get through."""
+
+    def __init__(self, inner: Any, source_url: str):
+        self.inner, self.source_url = inner, source_url
+        self.locked_at: datetime | None = None
+        self.probe_blocked: bool | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def lock_against_writes(self, conn: Any, quoted_tables: list[str], timeout_s: float) -> None:
+        self.inner.lock_against_writes(conn, quoted_tables, timeout_s)
+        self.locked_at = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
+        probe = create_engine(self.source_url, isolation_level="AUTOCOMMIT")
+        try:
+            with probe.connect() as pconn:
+                pconn.exec_driver_sql("SET lock_timeout = '100ms'")
+                try:
+                    pconn.exec_driver_sql("UPDATE orders SET n = n WHERE id = 1")
+                    self.probe_blocked = False
+                except sa_exc.DBAPIError as exc:
+                    self.probe_blocked = getattr(exc.orig, "sqlstate", None) == "55P03"
+        finally:
+            probe.dispose()
+
+
+def _rows_by_id(engine: Engine, table: str) -> dict[int, tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return {r[0]: tuple(r) for r in conn.execute(text(f"SELECT {COLS} FROM {table}"))}
+
+
+def test_concurrent_writes_continue_into_final_sync(live_source, pg_database):
+    seed = SEED ^ 0xB10C
+    print(f"seed {SEED} (writer seed {seed})")
+    source, target, bf = _live_runner(live_source, pg_database.sqlalchemy_url, lag_seconds=5)
+    spy = LockSpy(bf.source_dialect, live_source)
+    bf.source_dialect = spy
+    writer = SourceWriter(live_source, LIVE_ROWS + 1, seed)
+    try:
+        writer.start()
+        time.sleep(0.2)
+        for info in bf.start():
+            bf.copy_chunk(info["chunk"])
+        bf.copy_recent()
+        report = bf.final_sync()
+        time.sleep(0.3)  # the writer goes on after the lock is released
+    finally:
+        writer.stop()
+    locked_at = spy.locked_at
+    print(f"writer: {writer.ops} ops, slowest {writer.max_op_seconds:.3f} s; final sync {report.to_json()}; "
+          f"locked at {locked_at}")
+    assert locked_at is not None and spy.probe_blocked is True, "the final sync's lock did not block an UPDATE"
+    assert writer.max_op_seconds >= 0.09, "the writer was never held up by the final sync's lock"
+    assert report.detail["source_rows"] == report.detail["target_rows"]
+
+    # every change committed before the lock is in the target; every change after it is not (the writer
+    # stamps clock_timestamp() after its table lock is granted: before the final sync's lock or after it)
+    src, tgt = _rows_by_id(source, "orders"), _rows_by_id(target, "orders_v2")
+    before = {k: r for k, r in src.items() if r[5] < locked_at}
+    later = {k: r for k, r in src.items() if r[5] >= locked_at}
+    assert later, "no source change after the final sync: the test proved nothing about the lock"
+    missing = [k for k, r in before.items() if tgt.get(k) != r]
+    assert not missing, f"{len(missing)} rows changed before the lock differ in the target, e.g. " \
+                        f"{[(src[k], tgt.get(k)) for k in missing[:3]]}"
+    assert set(tgt) <= set(src), "the target has rows the source never had"
+    assert all(tgt[k][5] < locked_at for k in tgt), "the target has a change made after the lock"
+    assert all(k not in tgt or tgt[k] != r for k, r in later.items())
+    assert len(tgt) == report.detail["target_rows"] == len([k for k in src if k in tgt])
+    source.dispose()
+    target.dispose()
+
+
+# -- 4. max_lock_seconds ----------------------------------------------------------------------------------
+
+def _phases_1_and_2(bf) -> None:
+    for info in bf.start():
+        bf.copy_chunk(info["chunk"])
+    bf.copy_recent()
+
+
+def _update_within(source_url: str, timeout: str = "1s") -> float:
+    """Seconds another session needs to UPDATE the source with a short lock_timeout (raises if it can't)."""
+    engine = create_engine(source_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            t0 = time.monotonic()
+            conn.exec_driver_sql(f"SET lock_timeout = '{timeout}'")
+            conn.exec_driver_sql("UPDATE orders SET n = n WHERE id = 1")
+            return time.monotonic() - t0
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def small_source(pg_database_factory) -> Iterator[str]:
+    with pg_database_factory() as db:
+        engine = create_engine(db.sqlalchemy_url)
+        try:
+            _fill_pg(engine, "orders", 8_000)
+        finally:
+            engine.dispose()
+        yield db.sqlalchemy_url
+
+
+def test_final_sync_over_max_lock_seconds_fails_and_releases_the_lock(small_source, pg_database):
+    source, target, bf = _live_runner(small_source, pg_database.sqlalchemy_url, max_lock_seconds=0.001)
+    _phases_1_and_2(bf)
+    with source.begin() as conn:  # a delta for the final sync
+        conn.execute(text(PG_ROWS_SQL.format(table="orders", n=12_000) + " AND g > 8000"))
+    with pytest.raises(BackfillFailed, match="max_lock_seconds"):
+        bf.final_sync()
+    assert _update_within(small_source) < 1.0
+    assert Ledger(target, "live").applied()[STEP_ID].status != "applied"
+
+    # the same step with a wider lock window finishes it (max_lock_seconds is tuning, not part of the checksum)
+    plan = Plan.model_validate(plan_doc("live", "orders", "orders_v2", max_lock_seconds=10))
+    report = backfill_runner(source, target, plan, "retry").final_sync()
+    assert report.detail["source_rows"] == report.detail["target_rows"] == _count(source, "SELECT count(*) FROM orders")
+    assert digest(target, "orders_v2") == digest(source, "orders")
+    assert Ledger(target, "live").applied()[STEP_ID].status == "applied"
+    source.dispose()
+    target.dispose()
+
+
+@pytest.mark.parametrize("max_lock_seconds", [
+    0.05,
+    pytest.param(0.0005, marks=pytest.mark.xfail(strict=True, reason=(
+        "BUG: PostgresDialect.lock_against_writes sets lock_timeout to int(max_lock_seconds * 1000) ms; "
+        "under 1 ms that is '0ms', which PostgreSQL reads as 'no timeout': the final sync waits for the "
+        "lock indefinitely instead of failing within max_lock_seconds"))),
+])
+def test_final_sync_lock_wait_is_bounded_by_max_lock_seconds(small_source, pg_database, max_lock_seconds):
+    source, target, bf = _live_runner(small_source, pg_database.sqlalchemy_url, max_lock_seconds=max_lock_seconds)
+    _phases_1_and_2(bf)
+    blocker_ready, blocker = threading.Event(), create_engine(small_source)
+
+    def hold_row_lock() -> None:  # an open write transaction on the source for 2.5 s
+        with blocker.connect() as conn:
+            conn.exec_driver_sql("UPDATE orders SET n = n WHERE id = 1")
+            blocker_ready.set()
+            time.sleep(2.5)
+            conn.rollback()
+
+    thread = threading.Thread(target=hold_row_lock, daemon=True)
+    thread.start()
+    assert blocker_ready.wait(10)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BackfillFailed) as failed:
+            bf.final_sync()
+        waited = time.monotonic() - t0
+    finally:
+        thread.join(10)
+        blocker.dispose()
+    print(f"final_sync failed after {waited:.3f} s: {failed.value}")
+    assert "could not lock" in str(failed.value) and waited < 1.5
+    assert _update_within(small_source) < 1.0
+    source.dispose()
+    target.dispose()
