@@ -29,6 +29,8 @@ from sqlalchemy import create_engine, text
 pytestmark = [pytest.mark.scheduler, pytest.mark.timeout(420)]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 GOOD_PLAN = REPO / "dags" / "plans" / "add_user_preferences.yaml"
+BACKFILL_PLAN = REPO / "dags" / "plans" / "backfill_users_pg.yaml"
+BAD_NAME = "CASE WHEN id = 777 THEN name || (1 / (id - 777))::text ELSE name END"  # fails in chunk 4 only
 
 
 def _free_port() -> int:
@@ -103,6 +105,11 @@ class Deployment:
             return state if state in ("success", "failed") else None
         return self._wait(finished, 180, f"run {run_id} of {dag_id} to finish")
 
+    def mapped_states(self, dag_id: str, run_id: str, task_id: str) -> dict[int, tuple[str, int]]:
+        """{map index: (state, try number)} of a mapped task."""
+        body = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/listMapped").json()
+        return {t["map_index"]: (t["state"], t["try_number"]) for t in body["task_instances"]}
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         body = self.client.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
         return {t["task_id"]: t["state"] for t in body["task_instances"]}
@@ -119,11 +126,17 @@ def deployment(pg_database_factory, tmp_path_factory) -> Iterator[tuple[Deployme
     failing.update(id="add_user_preferences_failing", connections={"target": "app_db_2"})
     break_verify(2)(failing)
     (plans / "failing.yaml").write_text(yaml.safe_dump(failing, sort_keys=False))
+    backfill = yaml.safe_load(BACKFILL_PLAN.read_text())
+    backfill.update(id="backfill_failing_chunk", connections={"target": "app_db_3"})
+    backfill["steps"][1]["columns"]["name"] = BAD_NAME
+    (plans / "backfill_failing.yaml").write_text(yaml.safe_dump(backfill, sort_keys=False))
     (plans / "broken.yaml").write_text("id: broken\nconnections: {target: app_db}\nsteps:\n"
                                        "  - id: a\n    up: SELECT 1\n    verify: SELECT 1\n")
-    with pg_database_factory() as meta, pg_database_factory() as app, pg_database_factory() as app2:
+    with pg_database_factory() as meta, pg_database_factory() as app, pg_database_factory() as app2, \
+            pg_database_factory() as app3:
         seed(app)
         seed(app2)
+        seed(app3)
         port = _free_port()
         env = {**os.environ,
                "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
@@ -134,11 +147,13 @@ def deployment(pg_database_factory, tmp_path_factory) -> Iterator[tuple[Deployme
                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-               "AIRFLOW_CONN_APP_DB": app.airflow_uri, "AIRFLOW_CONN_APP_DB_2": app2.airflow_uri}
+               "AIRFLOW_CONN_APP_DB": app.airflow_uri, "AIRFLOW_CONN_APP_DB_2": app2.airflow_uri,
+               "AIRFLOW_CONN_APP_DB_3": app3.airflow_uri}
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
         dep = Deployment(home, port, env)
         try:
             dep.start()
+            dep.app3 = app3
             yield dep, app, app2
         finally:
             dep.stop()
@@ -198,3 +213,41 @@ def test_failed_run_rolls_back_then_fix_and_clear_converges(deployment):
     with eng.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM user_preferences")).scalar() == USERS
     eng.dispose()
+
+
+def test_failed_chunk_rolls_back_then_clearing_only_that_chunk_converges(deployment):
+    dep, _, _ = deployment
+    dag_id, chunk_task = "backfill_failing_chunk", "steps.copy_users.copy_chunk"
+    dep.wait_for_dag(dag_id)
+    run_id = dep.trigger(dag_id)
+
+    assert dep.wait_for_run(dag_id, run_id) == "failed"
+    chunks = dep.mapped_states(dag_id, run_id, chunk_task)
+    assert chunks == {0: ("success", 1), 1: ("success", 1), 2: ("success", 1), 3: ("failed", 1)}
+    states = dep.task_states(dag_id, run_id)
+    assert states["rollback.revert_applied"] == "success"
+    assert states["outcome"] == "failed"
+    eng = create_engine(dep.app3.sqlalchemy_url)
+    with eng.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('users_v2') IS NULL")).scalar()  # rolled back
+
+    plan_file = dep.home / "dags" / "plans" / "backfill_failing.yaml"
+    fixed = yaml.safe_load(plan_file.read_text())
+    del fixed["steps"][1]["columns"]["name"]
+    plan_file.write_text(yaml.safe_dump(fixed, sort_keys=False))
+    dep.client.post(f"/dags/{dag_id}/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": [[chunk_task, 3]],
+        "include_downstream": True, "only_failed": False}).raise_for_status()
+    dep._wait(lambda: dep.client.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"] != "failed", 30,
+              "the cleared run to be scheduled again")
+
+    assert dep.wait_for_run(dag_id, run_id) == "success", dep.logs()
+    chunks = dep.mapped_states(dag_id, run_id, chunk_task)
+    assert chunks == {0: ("success", 1), 1: ("success", 1), 2: ("success", 1), 3: ("success", 2)}
+    with eng.connect() as conn:
+        copied = conn.execute(text("SELECT count(*), sum(hashtextextended(u::text, 0)) FROM "
+                                   "(SELECT id, email, name, updated_at FROM users_v2) u")).one()
+        source = conn.execute(text("SELECT count(*), sum(hashtextextended(u::text, 0)) FROM "
+                                   "(SELECT id, email, name, updated_at FROM users) u")).one()
+    eng.dispose()
+    assert tuple(copied) == tuple(source)

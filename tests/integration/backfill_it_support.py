@@ -135,3 +135,11 @@ def history(ledger: Ledger, step_id: str) -> list[tuple[str, str]]:
     if not ledger.exists():
         return []
     return [(r.action, r.status) for r in ledger.rows(step_id)]
+
+
+def reset_databases(pair: Pair) -> None:
+    """Empty a reused pair of PostgreSQL databases between tests: drop every table (the ledger too) and close
+    pooled sessions (they may hold the copier's temporary staging tables)."""
+    for engine in {id(e): e for e in (pair.source, pair.target)}.values():
+        run_sql(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
+        engine.dispose()

@@ -33,7 +33,7 @@ import pytest
 from backfill_resume_worker import STEP_ID, backfill_runner, plan_doc
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from airflow_migrate_provider.core.backfill.state import PhaseState, loads
 from airflow_migrate_provider.core.ledger import Ledger
@@ -183,9 +183,29 @@ class Pair:
         return self.source_url.startswith("postgresql") and self.target_kind == "postgresql"
 
 
+def _tagged(url: str, app: str) -> str:
+    """A PostgreSQL URL whose sessions show ``app`` in pg_stat_activity (other URLs unchanged)."""
+    return str(make_url(url).update_query_dict({"application_name": app})) if url.startswith("postgresql") else url
+
+
+def wait_for_sessions_to_end(urls: list[str], app: str, timeout: float = 30.0) -> None:
+    """A SIGKILLed client's last COMMIT may still be running in its server process: wait until the server
+    has ended every session of ``app``, so what the test reads next no longer changes under it."""
+    for url in {u for u in urls if u.startswith("postgresql")}:
+        engine = create_engine(url)
+        try:
+            deadline = time.monotonic() + timeout
+            while _count(engine, "SELECT count(*) FROM pg_stat_activity WHERE application_name = :a", {"a": app}):
+                assert time.monotonic() < deadline, f"sessions of {app} outlived their killed client"
+                time.sleep(0.01)
+        finally:
+            engine.dispose()
+
+
 def _spawn(pair: Pair, target_url: str, plan: dict[str, Any], run_id: str, stderr_path: Path) -> subprocess.Popen:
-    cfg = {"source_url": pair.source_url, "target_url": target_url, "plan": plan, "step_id": STEP_ID,
-           "run_id": run_id}
+    app = f"bf-worker-{plan['id']}"
+    cfg = {"source_url": _tagged(pair.source_url, app), "target_url": _tagged(target_url, app), "plan": plan,
+           "step_id": STEP_ID, "run_id": run_id}
     with stderr_path.open("wb") as err:
         return subprocess.Popen([sys.executable, str(WORKER), json.dumps(cfg)], stdout=subprocess.PIPE,
                                 stderr=err, text=True, cwd=str(WORKER.parent))
@@ -230,7 +250,8 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
     aim = AIMS[trial % len(AIMS)]
     lo, hi = (marks[m] for m in WINDOWS[aim])
     delay = rng.uniform(lo, hi)
-    plan_id, table = f"resume_{trial}", f"orders_{pair.name.replace('-', '_')}_{trial}"
+    name = pair.name.replace("-", "_")
+    plan_id, table = f"resume_{name}_{trial}", f"orders_{name}_{trial}"
     tag = f"[seed {SEED} {pair.name} trial {trial}: aim {aim}, kill after {delay:.3f} s]"
     print(tag)
     source, target = create_engine(pair.source_url), create_engine(target_url)
@@ -238,14 +259,17 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
     try:
         _create_table(target, table)
         plan = plan_doc(plan_id, pair.source_table, table, lag_seconds=pair.lag_seconds)
+        t0 = time.monotonic()
         proc = _spawn(pair, target_url, plan, "killed", tmp / "worker.err")
         assert proc.stdout is not None
         ready = proc.stdout.readline()
         assert ready.startswith("ready"), f"{tag} worker failed to start: {(tmp / 'worker.err').read_text()[-3000:]}"
+        t_ready = time.monotonic()
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)  # a no-op when it already finished
         out = proc.stdout.read()
         proc.wait(timeout=30)
+        wait_for_sessions_to_end([pair.source_url, target_url], f"bf-worker-{plan_id}")
         killed = proc.returncode == -signal.SIGKILL
         assert killed or proc.returncode == 0, f"{tag} worker failed: {(tmp / 'worker.err').read_text()[-3000:]}"
         seen = _markers([ready, *out.splitlines()])
@@ -253,7 +277,8 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
         # -- after the kill: each checkpoint matches exactly the rows committed with it ------------------
         before = snapshot(target, plan_id)
         print(f"{tag} killed={killed}, last marker {max(seen, key=seen.get)}, landed in {before.where}; "
-              f"chunks {[(c['rows_copied'], c['rows_total'], c['status']) for c in before.chunks]}")
+              f"chunks {[(c['rows_copied'], c['rows_total'], c['status']) for c in before.chunks]}; phase 2 "
+              f"{ {k: v for k, v in (before.phase.recent if before.phase else {}).items() if k != 'cutoff'} }")
         for c in before.chunks:
             lo_key, hi_key = c["lo"][0], c["hi"][0]
             in_chunk = _count(target, f"SELECT count(*) FROM {table} WHERE id > :lo AND id <= :hi",
@@ -280,6 +305,7 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
             assert recent["rows"] == delta, f"{tag} phase 2 checkpoint {recent} vs {delta} delta rows"
 
         # -- resume in this process, as a retried task would ---------------------------------------------
+        t_resume = time.monotonic()
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="airflow_migrate_provider"):
             bf = backfill_runner(source, target, Plan.model_validate(plan), "resumed")
@@ -290,6 +316,7 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
             copied = {info["chunk"]: bf.copy_chunk(info["chunk"]).rows for info in chunks}
             bf.copy_recent()
             report = bf.final_sync()
+        t_resumed = time.monotonic()
         logs = [r.getMessage() for r in caplog.records if r.name.startswith("airflow_migrate_provider")]
 
         # re-copies nothing that was committed: phase 1 of the resumed run copies exactly what was missing
@@ -310,6 +337,8 @@ def kill_and_resume(pair: Pair, target_url: str, marks: dict[str, float], trial:
         assert _count(target, f"SELECT count(*) - count(DISTINCT id) FROM {table}") == 0, f"{tag} duplicate keys"
         src_digest = digest(source, pair.source_table, sql=sql)
         assert digest(target, table, sql=sql) == src_digest, f"{tag} target differs from source"
+        print(f"{tag} timings: worker start {t_ready - t0:.2f} s, kill checks {t_resume - t_ready - delay:.2f} s, "
+              f"resume {t_resumed - t_resume:.2f} s, final checks {time.monotonic() - t_resumed:.2f} s")
         return before.where
     finally:
         source.dispose()

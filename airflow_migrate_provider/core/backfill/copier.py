@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec
@@ -144,7 +145,7 @@ class BatchCopier:
         tgt_pg = tconn.connection.driver_connection
         copy_out = psycopg.ClientCursor(src_pg).mogrify(f"COPY ({select_sql}) TO STDOUT (FORMAT BINARY)", params)
         cols = ", ".join(self.spec.column_idents)
-        with src_pg.cursor() as scur, tgt_pg.cursor() as tcur:
+        with _as_sqlalchemy_error(copy_out), src_pg.cursor() as scur, tgt_pg.cursor() as tcur:
             with scur.copy(copy_out) as out, tcur.copy(f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)") as sink:
                 buffer = bytearray()
                 for data in out:
@@ -206,12 +207,26 @@ class BatchCopier:
         if upsert:
             self._ensure_stage(tconn)
             into = self.stage
-        with tconn.connection.driver_connection.cursor() as cur, cur.copy(f"COPY {into} ({cols}) FROM STDIN") as sink:
+        copy_in = f"COPY {into} ({cols}) FROM STDIN"
+        pg = tconn.connection.driver_connection
+        with _as_sqlalchemy_error(copy_in), pg.cursor() as cur, cur.copy(copy_in) as sink:
             yield lambda row: sink.write_row([_pg_text_value(v) for v in row])
         if upsert:
             tconn.exec_driver_sql(f"INSERT INTO {self.spec.target_table} ({cols}) SELECT {cols} FROM {self.stage}"
                                   f"{self._conflict_clause('EXCLUDED')}", {})
             tconn.exec_driver_sql(f"TRUNCATE {self.stage}", {})
+
+
+@contextmanager
+def _as_sqlalchemy_error(statement: str) -> Iterator[None]:
+    """psycopg errors raised by COPY on the raw connection, as the SQLAlchemy errors everything else raises
+    (so classification as transient or not, and the messages, are the same on every path)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise sa_exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 class DeltaBounds:

@@ -22,7 +22,7 @@ class PostgresDialect(Dialect):
         sqlstate = getattr(orig, "sqlstate", None) or ""
         if sqlstate:
             return sqlstate.startswith(TRANSIENT_SQLSTATES)
-        return isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError))
+        return isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError))  # no SQLSTATE: connection lost
 
     def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
         # SHARE conflicts with the ROW EXCLUSIVE lock every INSERT/UPDATE/DELETE takes; readers are not blocked
