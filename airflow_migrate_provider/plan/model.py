@@ -235,7 +235,7 @@ class BackfillStep(StrictModel):
         "run, unless `append_only` is true.",
     )
     watermark_lag_seconds: int = Field(
-        default=300, ge=0, le=86_400,
+        default=60, ge=0, le=86_400,
         description="Timestamp watermarks: also re-copy rows up to this much older than the cutoff, for "
         "transactions that stamped a row before the cutoff but committed after it.",
     )
@@ -254,8 +254,6 @@ class BackfillStep(StrictModel):
         default=10.0, gt=0, le=3600,
         description="Fail the step (and roll back) if the final sync holds the source lock longer.",
     )
-    irreversible: bool = Field(default=False, description="Always false: a backfill's rollback deletes what "
-                               "it copied.")
     tags: list[str] = Field(default_factory=list, description="Free-form labels.")
 
     @field_validator("key", mode="before")
@@ -305,8 +303,6 @@ class BackfillStep(StrictModel):
                 "writes in `source.lock_tables`",
                 {"step": self.id},
             )
-        if self.irreversible:
-            raise PydanticCustomError("backfill_irreversible", "a backfill step cannot be irreversible")
         return self
 
 

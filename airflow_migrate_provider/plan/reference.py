@@ -9,13 +9,30 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from airflow_migrate_provider.plan.model import Connections, Plan, SchemaStep
+from airflow_migrate_provider.plan.model import (
+    BackfillPhases,
+    BackfillSource,
+    BackfillStep,
+    BatchSize,
+    Connections,
+    Plan,
+    SchemaStep,
+    ThrottleRule,
+)
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Plan (top level)", Plan, ""),
     ("`connections`", Connections, ""),
     ("Step `kind: schema` (the default)", SchemaStep,
      "SQL fields take one SQL text or a list of them; a text may hold several statements separated by `;`."),
+    ("Step `kind: backfill`", BackfillStep,
+     "Copies a large table in three phases (see docs/backfill.md): historical rows up to a high-water mark in "
+     "key-range chunks (one Airflow mapped task each), then rows inserted or changed meanwhile, then a final "
+     "sync under a brief write lock, then row counts. Every batch commits its rows with its checkpoint."),
+    ("`backfill.source`", BackfillSource, ""),
+    ("`backfill.batch`", BatchSize, ""),
+    ("`backfill.throttle[]`", ThrottleRule, ""),
+    ("`backfill.phases`", BackfillPhases, ""),
 ]
 
 
@@ -28,6 +45,8 @@ def _type_name(annotation: object) -> str:
     if origin in (typing.Union, types.UnionType):
         names = [_type_name(a) for a in args]
         return "step (see below)" if "SchemaStep" in names else " | ".join(names)
+    if origin is dict:
+        return f"map of {_type_name(args[0])} to {_type_name(args[1])}"
     if origin is list:
         inner = _type_name(args[0])
         if inner == "SchemaStep" or inner.startswith("step"):
