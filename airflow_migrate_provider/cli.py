@@ -81,13 +81,16 @@ def run(plan: Path, conn: ConnOption = [],  # noqa: B006
 @app.command()
 def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the demo database")] = None,
          users: int = 1000,
-         fail_at: Annotated[str | None, typer.Option(help="Make this step's verification fail, to watch "
-                                                          "the rollback (the run then ends failed)")] = None,
+         fail_at: Annotated[str | None, typer.Option(help="Make this step fail, to watch the rollback (the "
+                                                          "run then ends failed)")] = None,
+         example: Annotated[str, typer.Option(help="Which bundled plan: add_user_preferences (schema steps) "
+                                                   "or backfill_users (a chunked backfill)")]
+         = "add_user_preferences",
          ) -> None:
-    """Run the bundled "add user_preferences" plan against an embedded SQLite database."""
+    """Run a bundled example plan (default: "add user_preferences") against an embedded SQLite database."""
     from airflow_migrate_provider.demo import database_tables
 
-    outcome, database = commands.demo(workdir, users, fail_at)
+    outcome, database = commands.demo(workdir, users, fail_at, example)
     typer.echo(f"\nDemo database: {database}")
     _print_outcome(outcome)
     typer.echo("\nTables now in the demo database:")

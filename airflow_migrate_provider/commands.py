@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_migrate_provider.core.dialects import dialect_named
-from airflow_migrate_provider.errors import ConnectionUnavailable, PlanError, PlanProblem, db_error_line
+from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError, PlanError, PlanProblem, db_error_line
 from airflow_migrate_provider.masking import mask_uri
 from airflow_migrate_provider.plan.loader import load_plan
 from airflow_migrate_provider.plan.model import Plan
@@ -164,12 +164,21 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
 
 
 def demo(workdir: str | Path | None = None, users: int = 1000,
-         fail_at: str | None = None) -> tuple[RunOutcome, Path]:
-    """Seed an embedded SQLite app database and run the bundled example plan against it.
+         fail_at: str | None = None, example: str = "add_user_preferences") -> tuple[RunOutcome, Path]:
+    """Seed an embedded SQLite app database and run a bundled example plan against it.
 
-    ``fail_at`` names a step whose verification is made to fail, to watch the rollback at work.
+    ``fail_at`` names a step made to fail, to watch the rollback at work.
     """
-    from airflow_migrate_provider.demo import DEMO_CONN_ID, example_plan_path, plan_failing_at, seed_demo_database
+    from airflow_migrate_provider.demo import (
+        DEMO_CONN_ID,
+        EXAMPLES,
+        example_plan_path,
+        plan_failing_at,
+        seed_demo_database,
+    )
+
+    if example not in EXAMPLES:
+        raise MigrateError(f"--example: no bundled example '{example}' (examples: {', '.join(EXAMPLES)})")
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="airflow-migrate-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -177,6 +186,7 @@ def demo(workdir: str | Path | None = None, users: int = 1000,
     if database.exists():
         database.unlink()
     seed_demo_database(database, users)
-    plan_path = plan_failing_at(example_plan_path(), fail_at, base) if fail_at else example_plan_path()
+    plan_path = example_plan_path(f"{example}.yaml")
+    plan_path = plan_failing_at(plan_path, fail_at, base) if fail_at else plan_path
     outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
     return outcome, database

@@ -8,6 +8,9 @@ from pathlib import Path
 
 DEMO_CONN_ID = "app_db"
 THEMES = ("light", "dark", "solarized", None)
+EXAMPLES = ("add_user_preferences", "backfill_users")
+# an expression that raises for one row ("integer overflow"): a backfill chunk fails on bad data
+_FAILING_NAME = "CASE WHEN id = 1 THEN CAST(abs(-9223372036854775807 - 1) AS TEXT) ELSE name END"
 
 
 def example_plan_path(name: str = "add_user_preferences.yaml") -> Path:
@@ -34,7 +37,8 @@ def seed_demo_database(path: Path, users: int = 1000) -> None:
 
 
 def plan_failing_at(plan_path: Path, step_id: str, workdir: Path) -> Path:
-    """A copy of a plan whose step ``step_id`` fails its verification (to show the rollback)."""
+    """A copy of a plan whose step ``step_id`` fails (to show the rollback): a schema step's verification
+    returns false; a backfill step meets a row its transform cannot convert."""
     import yaml
 
     from airflow_migrate_provider.errors import MigrateError
@@ -43,7 +47,10 @@ def plan_failing_at(plan_path: Path, step_id: str, workdir: Path) -> Path:
     steps = {step["id"]: step for step in data["steps"]}
     if step_id not in steps:
         raise MigrateError(f"--fail-at: the demo plan has no step '{step_id}' (steps: {', '.join(steps)})")
-    steps[step_id]["verify"] = ["SELECT 0 AS injected_failure"]
+    if steps[step_id].get("kind") == "backfill":
+        steps[step_id].setdefault("columns", {})["name"] = _FAILING_NAME
+    else:
+        steps[step_id]["verify"] = ["SELECT 0 AS injected_failure"]
     failing = workdir / f"{plan_path.stem}.fail_at_{step_id}.yaml"
     failing.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return failing

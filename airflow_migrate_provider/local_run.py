@@ -58,8 +58,22 @@ def run_dag(dag: Any, **kwargs: Any) -> Any:
     return dag.test(**kwargs)
 
 
+_WORST_FIRST = ("failed", "upstream_failed", "up_for_retry", "running", "deferred", "queued", "scheduled", "None",
+                "skipped", "success")
+
+
 def task_states(dag_run: Any) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    """{task_id: state}; a mapped task (one instance per chunk) shows its worst instance's state and the
+    count of instances per state, e.g. ``failed (3 success, 1 failed)``."""
+    by_task: dict[str, list[str]] = {}
+    for ti in dag_run.get_task_instances():
+        by_task.setdefault(ti.task_id, []).append(str(ti.state))
+    states = {}
+    for task_id, found in by_task.items():
+        worst = min(found, key=lambda s: _WORST_FIRST.index(s) if s in _WORST_FIRST else len(_WORST_FIRST))
+        counts = ", ".join(f"{found.count(s)} {s}" for s in sorted(set(found), key=found.index))
+        states[task_id] = worst if len(found) == 1 else f"{worst} ({counts})"
+    return states
 
 
 def states_by_phase(dag_run: Any) -> dict[str, dict[str, str]]:
