@@ -49,33 +49,40 @@ class Pair:
 
 
 @contextmanager
-def open_pair(kind: str, pg_database_factory: Any, tmp_path: Path) -> Iterator[Pair]:
-    """Fresh, empty databases for one pair kind; engines disposed and PG databases dropped afterwards."""
-    with ExitStack() as stack:
-        engines: list[Engine] = []
+def open_pair(kind: str, pg_urls: list[str] | None, tmp_path: Path) -> Iterator[Pair]:
+    """Empty databases for one pair kind. PostgreSQL ones are taken from ``pg_urls`` (databases kept for a
+    whole module, emptied here first); SQLite files are created under ``tmp_path``. Engines are disposed
+    afterwards (their pooled sessions may hold the copier's temporary staging tables)."""
+    engines: list[Engine] = []
+    free_pg = list(pg_urls or [])
 
-        def pg() -> Engine:
-            db = stack.enter_context(pg_database_factory())
-            engines.append(sa.create_engine(db.sqlalchemy_url))
-            return engines[-1]
+    def pg() -> Engine:
+        engine = sa.create_engine(free_pg.pop(0))
+        engines.append(engine)
+        run_sql(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
+        return engine
 
-        def lite(name: str) -> Engine:
-            engines.append(sa.create_engine(f"sqlite:///{(tmp_path / name).resolve()}"))
-            return engines[-1]
+    def lite(name: str) -> Engine:
+        engines.append(sa.create_engine(f"sqlite:///{(tmp_path / name).resolve()}"))
+        return engines[-1]
 
+    try:
         src_kind, _, tgt_kind = kind.partition("-")
         source = pg() if src_kind == "pg" else lite("source.sqlite")
-        if tgt_kind == "same":
-            target = source
-        else:
-            target = pg() if tgt_kind == "pg" else lite("target.sqlite")
-        for engine in {id(e): e for e in (source, target)}.values():
+        target = source if tgt_kind == "same" else pg() if tgt_kind == "pg" else lite("target.sqlite")
+        for engine in engines:
             dialect_for(engine)
-        try:
-            yield Pair(kind, source, target)
-        finally:
-            for engine in engines:
-                engine.dispose()
+        yield Pair(kind, source, target)
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+@contextmanager
+def pg_databases(pg_database_factory: Any, n: int = 2) -> Iterator[list[str]]:
+    """``n`` PostgreSQL databases (SQLAlchemy URLs) for a module's tests to share through :func:`open_pair`."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(pg_database_factory()).sqlalchemy_url for _ in range(n)]
 
 
 def backfill_plan(*steps: dict[str, Any], plan_id: str = PLAN_ID) -> Plan:
@@ -136,10 +143,3 @@ def history(ledger: Ledger, step_id: str) -> list[tuple[str, str]]:
         return []
     return [(r.action, r.status) for r in ledger.rows(step_id)]
 
-
-def reset_databases(pair: Pair) -> None:
-    """Empty a reused pair of PostgreSQL databases between tests: drop every table (the ledger too) and close
-    pooled sessions (they may hold the copier's temporary staging tables)."""
-    for engine in {id(e): e for e in (pair.source, pair.target)}.values():
-        run_sql(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
-        engine.dispose()

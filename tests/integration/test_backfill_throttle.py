@@ -18,7 +18,7 @@ from backfill_it_support import (
     history,
     insert_rows,
     open_pair,
-    reset_databases,
+    pg_databases,
     run_sql,
     runner_for,
 )
@@ -32,26 +32,23 @@ LAG_RULE = {"name": "lag", "query": "SELECT v FROM throttle_metric", "max": 5, "
 
 
 @pytest.fixture(scope="module")
-def pg_pair(pg_database_factory, tmp_path_factory):
-    with open_pair("pg-pg", pg_database_factory, tmp_path_factory.mktemp("unused")) as pair:
-        yield pair
+def pg_urls(pg_database_factory):
+    with pg_databases(pg_database_factory) as urls:
+        yield urls
 
 
 @pytest.fixture(params=["pg-pg", "sqlite-same"])
 def pair(request, tmp_path):
-    if request.param == "sqlite-same":
-        with open_pair("sqlite-same", None, tmp_path) as p:
-            yield p
-        return
-    p = request.getfixturevalue("pg_pair")
-    yield p
-    reset_databases(p)
+    urls = request.getfixturevalue("pg_urls") if "pg" in request.param else None
+    with open_pair(request.param, urls, tmp_path) as p:
+        yield p
 
 
 @pytest.fixture
 def seeded(pair):
     """users (2,000 rows) and throttle_metric (v = 10, over the max) on the source; empty users_v2."""
-    run_sql(pair.source, "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(40), updated_at VARCHAR(30) NOT NULL)",
+    run_sql(pair.source,
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(40), updated_at VARCHAR(30) NOT NULL)",
             "CREATE TABLE throttle_metric (v INTEGER, name VARCHAR(20))",
             "INSERT INTO throttle_metric VALUES (10, 'lag')")
     insert_rows(pair.source, "INSERT INTO users VALUES (:i, :n, '2024-01-01 00:00:00')",

@@ -8,8 +8,8 @@ Three paths, chosen by the pair of databases:
 - anything → PostgreSQL: keyset SELECT, rows written with text COPY (PostgreSQL parses each value).
 - anything → SQLite/MySQL: keyset SELECT, multi-row INSERT through the driver's executemany.
 
-A phase-1 batch first deletes its key range in the target, then inserts: re-copying a batch (after a
-crash between commit and checkpoint can't happen, but after a manual reset can) never duplicates rows.
+A phase-1 batch of an integer key first deletes its key range in the target, then inserts; other keys
+upsert. Either way re-copying a batch (after a manual reset, say) never duplicates rows.
 Phases 2 and 3 upsert (``ON CONFLICT DO UPDATE``), so a row copied twice ends up with its latest values.
 """
 
@@ -98,15 +98,24 @@ class BatchCopier:
     def copy_range(self, source: Connection | None, lower: Key | None, upper: Key,
                    checkpoint: Checkpoint) -> int:
         """Phase 1: copy the source rows with lower < key <= upper; commit them with ``checkpoint``."""
+        # Integer keys order the same everywhere: clear the range, then plain inserts (fastest). Other keys may
+        # collate differently in the target, where a range delete could hit rows of another batch: upsert.
+        upsert = not self.spec.integer_key
         with self.target.begin() as tconn:
-            self._delete_range(tconn, lower, upper)
+            if not upsert:
+                self._delete_range(tconn, lower, upper)
             sconn = source if source is not None else tconn
             if self.spec.fast_path:
                 sql, params = self.range_select(lower, upper, cast=True)
-                rows = self._pg_stream(sconn, sql, params, tconn, self.spec.target_table)
+                if upsert:
+                    self._ensure_stage(tconn)
+                    rows = self._pg_stream(sconn, sql, params, tconn, self.stage)
+                    self._merge_stage(tconn)
+                else:
+                    rows = self._pg_stream(sconn, sql, params, tconn, self.spec.target_table)
             else:
                 sql, params = self.range_select(lower, upper, cast=False)
-                rows, _ = self._write_rows(tconn, self._read(sconn, sql, params), upsert=False)
+                rows, _ = self._write_rows(tconn, self._read(sconn, sql, params), upsert=upsert)
             checkpoint(tconn, upper, rows)
         return rows
 
@@ -125,10 +134,7 @@ class BatchCopier:
             rows = self._pg_stream(sconn, sql, params, tconn, self.stage)
             last = self._stage_last_key(tconn) if rows else None
             if rows:
-                cols = ", ".join(self.spec.column_idents)
-                tconn.exec_driver_sql(f"INSERT INTO {self.spec.target_table} ({cols}) SELECT {cols} FROM "
-                                      f"{self.stage}{self._conflict_clause('EXCLUDED')}", {})
-                tconn.exec_driver_sql(f"TRUNCATE {self.stage}", {})
+                self._merge_stage(tconn)
         else:
             sql, params = self.delta_select(delta, after, limit, cast=False)
             rows, last = self._write_rows(tconn, self._read(sconn, sql, params), upsert=True)
@@ -160,6 +166,13 @@ class BatchCopier:
     def _ensure_stage(self, tconn: Connection) -> None:
         tconn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.spec.target_table} "
                               f"INCLUDING DEFAULTS)", {})
+
+    def _merge_stage(self, tconn: Connection) -> None:
+        """Upsert the staged rows into the target and empty the stage (same transaction)."""
+        cols = ", ".join(self.spec.column_idents)
+        tconn.exec_driver_sql(f"INSERT INTO {self.spec.target_table} ({cols}) SELECT {cols} FROM {self.stage}"
+                              f"{self._conflict_clause('EXCLUDED')}", {})
+        tconn.exec_driver_sql(f"TRUNCATE {self.stage}", {})
 
     def _stage_last_key(self, tconn: Connection) -> Key:
         order = ", ".join(f"{k} DESC" for k in self.spec.key_idents)
@@ -212,9 +225,7 @@ class BatchCopier:
         with _as_sqlalchemy_error(copy_in), pg.cursor() as cur, cur.copy(copy_in) as sink:
             yield lambda row: sink.write_row([_pg_text_value(v) for v in row])
         if upsert:
-            tconn.exec_driver_sql(f"INSERT INTO {self.spec.target_table} ({cols}) SELECT {cols} FROM {self.stage}"
-                                  f"{self._conflict_clause('EXCLUDED')}", {})
-            tconn.exec_driver_sql(f"TRUNCATE {self.stage}", {})
+            self._merge_stage(tconn)
 
 
 @contextmanager

@@ -221,7 +221,7 @@ class BackfillRunner:
         low = self._scalar(self.source, f"SELECT min({spec.key_exprs[0]}) FROM {spec.source_from}"
                                         f"{spec.where(None)}")
         start, end = int(low) - 1, int(high_water[0])
-        bounds = [start + round(i * (end - start) / n) for i in range(n + 1)]
+        bounds = [start + i * (end - start) // n for i in range(n + 1)]  # exact for any bigint range
         chunks = []
         for i, (lo, hi) in enumerate(pairwise_bounds(bounds)):
             params: dict[str, Any] = {}
@@ -546,6 +546,10 @@ class BatchSizer:
         if self.integer_key and position is not None:
             span = max(1, int(self.rows / self.density))
             upper = min(hi[0], position[0] + span)
+            if self.batch.seconds is None:  # `rows` is a hard ceiling: skewed keys must not overfill a batch
+                nth = nth_key(self.rows)
+                if nth is not None and nth[0] < upper:
+                    upper = nth[0]
             return (upper,), upper >= hi[0]
         upper = nth_key(self.rows)
         return (hi, True) if upper is None or upper == hi else (upper, False)

@@ -55,6 +55,8 @@ def category_of_sa_type(sa_type: Any) -> str:
 def _pg_category(typname: str, typcategory: str) -> str:
     if typname in _PG_INTEGERS:
         return "integer"
+    if typname == "uuid":
+        return "text"
     return {"N": "number", "S": "text", "D": "datetime", "B": "bool", "T": "datetime"}.get(
         typcategory, "json" if typname in ("json", "jsonb") else "binary" if typname == "bytea" else "other")
 
@@ -165,7 +167,8 @@ def _unique_column_sets(engine: Engine, name: str) -> list[set[str]]:
         sets.append(set(pk))
     sets += [set(u["column_names"]) for u in insp.get_unique_constraints(table, schema=schema)]
     sets += [set(i["column_names"]) for i in insp.get_indexes(table, schema=schema)
-             if i.get("unique") and all(i["column_names"])]
+             if i.get("unique") and all(i["column_names"])
+             and not any(k.endswith("_where") and v is not None for k, v in (i.get("dialect_options") or {}).items())]
     return sets
 
 
@@ -314,6 +317,10 @@ def resolve_spec(step: BackfillStep, source: Engine, target: Engine) -> Backfill
                         f"({', '.join(step.key)}); add one (batches are re-copied idempotently by key)")
     _fail(step, problems)
 
+    if _first_null_key_row(source, step, key_exprs, source_from, filter_sql):
+        _fail(step, [f"{where}.key: the key ({', '.join(step.key)}) is NULL in some source rows; a key must identify "
+                     f"every row: leave those rows out with `source.filter` or choose another key"])
+
     key_is_plain = all(e == src.ident(k) for k, e in zip(step.key, key_exprs, strict=True))
     source_unique = (step.source.table is not None and key_is_plain
                      and set(step.key) in _unique_column_sets(source, step.source.table))
@@ -335,6 +342,23 @@ def resolve_spec(step: BackfillStep, source: Engine, target: Engine) -> Backfill
         watermark_expr=watermark, filter=filter_sql, lock_tables=[src.ident(n) for n in lock_names],
         same_database=same_database,
     )
+
+
+def _first_null_key_row(engine: Engine, step: BackfillStep, key_exprs: list[str], source_from: str,
+                        filter_sql: str | None) -> bool:
+    """True when some source row has a NULL key (skipped when the key is the source table's primary key)."""
+    if step.source.table is not None:
+        schema, table = _split(step.source.table)
+        pk = inspect(engine).get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+        if set(pk) == set(step.key) and all(e == SqlText(engine).ident(k) for k, e in zip(step.key, key_exprs,
+                                                                                            strict=True)):
+            return False
+    conditions = [" OR ".join(f"({e}) IS NULL" for e in key_exprs), *([filter_sql] if filter_sql else [])]
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(f"SELECT 1 FROM {source_from} WHERE {' AND '.join(f'({c})' for c in conditions)} "
+                                   f"LIMIT 1", {}).first()
+        conn.rollback()
+    return row is not None
 
 
 def _first_duplicate_key(engine: Engine, key_exprs: list[str], source_from: str,

@@ -73,7 +73,7 @@ class Throttle:
                 raise ThrottleDeferral(rule, value, waited)
             delay = delays.get(rule.name, rule.pause_seconds)
             delays[rule.name] = min(delay * 2, rule.max_pause_seconds)
-            log.warning("throttle '%s': %g > max %g; pausing %.1f s (paused %.1f s so far for this batch)",
+            log.warning("throttle '%s': %g > max %g; pausing %.2g s (paused %.1f s so far for this batch)",
                         rule.name, value, rule.max, delay, waited)
             self.sleep(delay)
             self.pauses += 1
