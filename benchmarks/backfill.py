@@ -93,6 +93,11 @@ LEDGER_TABLES = ("airflow_migrate_backfill", "airflow_migrate_history", "airflow
 # ------------------------------------------------------------------------------------------------------
 # child process: one run of our backfill step, reporting its own timings and peak RSS
 # ------------------------------------------------------------------------------------------------------
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_now_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -169,9 +174,9 @@ def child_main(cfg: dict[str, Any]) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     results = runner.apply_through(plan, STEP_ID)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     if profiler is not None:
         import io
         import pstats
@@ -186,6 +191,7 @@ def child_main(cfg: dict[str, Any]) -> None:
         raise SystemExit(f"the backfill step did not apply: {results[-1]}")
     report = {
         "seconds": seconds,
+        "cpu": cpu,
         "rows": sum(n for n, _ in batches),
         "batches": [n for n, _ in batches],
         "batch_seconds": [s for _, s in batches],
@@ -208,6 +214,7 @@ class Measure:
     method: str
     rows: int
     runs: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds of the client process(es), per run
     note: str = ""
 
     @property
@@ -301,8 +308,10 @@ def prepare_target(server: Server, tgt: str, table: str) -> None:
     server.admin("CHECKPOINT")
 
 
-def run_psql_pipe(server: Server, src: str, tgt: str) -> float:
+def run_psql_pipe(server: Server, src: str, tgt: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of the two psql processes."""
     base = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"]
+    cpu0 = cpu_seconds(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.Popen([*base, server.libpq(src), "-c", "\\copy orders to stdout"], stdout=subprocess.PIPE)
     try:
@@ -316,7 +325,7 @@ def run_psql_pipe(server: Server, src: str, tgt: str) -> float:
     seconds = time.perf_counter() - t0
     if rc_in or rc_out:
         raise SystemExit(f"the psql pipe failed (exit codes {rc_out} | {rc_in})")
-    return seconds
+    return seconds, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu0
 
 
 def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -330,28 +339,29 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_MARK):])
 
 
-def run_executemany(server: Server, src: str, tgt: str, rows: int) -> float:
+def run_executemany(server: Server, src: str, tgt: str, rows: int) -> tuple[float, float]:
     """A naive copy: plain SELECT, then executemany(INSERT ... VALUES) and a commit per 1,000 rows."""
     import psycopg
     from psycopg.types.json import Jsonb
 
     insert = f"INSERT INTO orders ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     with psycopg.connect(server.libpq(src)) as sconn, psycopg.connect(server.libpq(tgt)) as tconn:
         read = sconn.execute(f"SELECT {COLUMNS} FROM orders WHERE id <= %s ORDER BY id", (rows,))
         with tconn.cursor() as cur:
             while batch := read.fetchmany(EXECUTEMANY_BATCH):
                 cur.executemany(insert, [(*r[:4], Jsonb(r[4]), *r[5:]) for r in batch])
                 tconn.commit()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - cpu0
 
 
-def repeat(k: int, prepare: Callable[[], None], work: Callable[[int], float]) -> list[float]:
-    runs = []
+def repeat(measure: Measure, k: int, prepare: Callable[[], None], work: Callable[[int], tuple[float, float]]
+           ) -> None:
     for i in range(k):
         prepare()
-        runs.append(work(i))
-    return runs
+        seconds, cpu = work(i)
+        measure.runs.append(seconds)
+        measure.cpu.append(cpu)
 
 
 def fmt_rate(value: float) -> str:
@@ -359,13 +369,15 @@ def fmt_rate(value: float) -> str:
 
 
 def print_table(rows: list[Measure], reference: Measure) -> None:
-    header = f"{'method':<46} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'vs psql pipe':>13}  runs (s)"
+    header = (f"{'method':<46} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'vs psql pipe':>13} "
+              f"{'client CPU s':>13}  runs (s)")
     print(header)
     print("-" * len(header))
     for m in rows:
         runs = ", ".join(f"{r:.2f}" for r in m.runs)
+        cpu = f"{statistics.median(m.cpu):.2f}" if m.cpu else "-"
         print(f"{m.method:<46} {m.rows:>11,} {m.seconds:>9.2f} {fmt_rate(m.rate):>11} "
-              f"{m.rate / reference.rate:>12.2f}x  [{runs}]{'  ' + m.note if m.note else ''}")
+              f"{m.rate / reference.rate:>12.2f}x {cpu:>13}  [{runs}]{'  ' + m.note if m.note else ''}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -392,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally blocks that drop the databases
 
     signal.signal(signal.SIGTERM, on_term)
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     server = Server(args.pg_url)
     n, k = args.rows, args.repeat
     subset = min(args.subset or min(200_000, n // 10), n)
@@ -420,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
 
         for i in range(k):
             prepare_target(server, tgt, "orders")
-            pipe.runs.append(run_psql_pipe(server, src, tgt))
+            seconds, cpu = run_psql_pipe(server, src, tgt)
+            pipe.runs.append(seconds)
+            pipe.cpu.append(cpu)
             got = fingerprint(server, tgt, "orders")[0]
             if got != n:
                 raise SystemExit(f"the psql pipe copied {got:,} rows, expected {n:,}")
@@ -430,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             report = run_ours(pg_cfg(f"bench_pg_{i}"))
             ours_reports.append(report)
             ours.runs.append(report["seconds"])
+            ours.cpu.append(report["cpu"])
             ours_p1.runs.append(report["phases"]["copy_chunk"])
             log(f"ours run {i + 1}: {report['seconds']:.2f} s ({len(report['batches'])} batches, "
                 f"peak RSS {report['peak_rss_mb']:.1f} MB)")
@@ -454,8 +469,8 @@ def main(argv: list[str] | None = None) -> None:
 
         naive = Measure(f"naive executemany ({EXECUTEMANY_BATCH:,}-row batches)", subset,
                         note="commit per batch; rows/s extrapolated")
-        naive.runs = repeat(k, lambda: prepare_target(server, tgt, "orders"),
-                            lambda i: run_executemany(server, src, tgt, subset))
+        repeat(naive, k, lambda: prepare_target(server, tgt, "orders"),
+               lambda i: run_executemany(server, src, tgt, subset))
         if fingerprint(server, tgt, "orders") != fingerprint(server, src, "orders", subset):
             raise SystemExit("the executemany reference copied different rows")
         log(f"executemany on {subset:,} rows: median {naive.seconds:.2f} s")
@@ -473,7 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     print_table(measures, pipe)
     print()
     print_details(ours_reports, quarter_report, quarter, n)
-    print(f"total benchmark time: {time.perf_counter() - started:.1f} s")
+    print(f"total benchmark time: {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, 1-minute load "
+          f"average {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end (other work on the machine adds "
+          f"noise: compare the runs)")
     print()
     print(f"backfill rows={n} ratio_vs_copy_pipe={ours.rate / pipe.rate:.2f} "
           f"ratio_vs_executemany={ours.rate / naive.rate:.2f} peak_rss_mb={peak:.1f}")
@@ -513,13 +530,13 @@ def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) ->
 
         to_sqlite = Measure("ours: PG->SQLite file (generic path)", subset, note="SELECT + executemany INSERT")
 
-        def pg_to_sqlite(i: int) -> float:
+        def pg_to_sqlite(i: int) -> tuple[float, float]:
             report = run_ours({"src": server.sqlalchemy(src), "tgt": f"sqlite:///{path}",
                                "plan_id": f"bench_to_sqlite_{i}", "run_id": "run", "source_table": "orders",
                                "target_table": "orders", "filter": f"id <= {subset}"})
-            return float(report["seconds"])
+            return float(report["seconds"]), float(report["cpu"])
 
-        to_sqlite.runs = repeat(k, fresh_sqlite, pg_to_sqlite)
+        repeat(to_sqlite, k, fresh_sqlite, pg_to_sqlite)
         with sqlite3.connect(path) as conn:
             got = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
         conn.close()
@@ -529,13 +546,13 @@ def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) ->
 
         from_sqlite = Measure("ours: SQLite file->PG (generic path)", subset, note="SELECT + text COPY")
 
-        def sqlite_to_pg(i: int) -> float:
+        def sqlite_to_pg(i: int) -> tuple[float, float]:
             report = run_ours({"src": f"sqlite:///{path}", "tgt": server.sqlalchemy(tgt),
                                "plan_id": f"bench_from_sqlite_{i}", "run_id": "run", "source_table": "orders",
                                "target_table": "orders_sqlite"})
-            return float(report["seconds"])
+            return float(report["seconds"]), float(report["cpu"])
 
-        from_sqlite.runs = repeat(k, lambda: prepare_target(server, tgt, "orders_sqlite"), sqlite_to_pg)
+        repeat(from_sqlite, k, lambda: prepare_target(server, tgt, "orders_sqlite"), sqlite_to_pg)
         # the round trip PG -> SQLite -> PG should give back the same rows (same text of every row)
         same = fingerprint(server, tgt, "orders_sqlite") == fingerprint(server, src, "orders", subset)
         from_sqlite.note += "; round trip " + ("identical" if same else "DIFFERS from the source rows")

@@ -41,7 +41,9 @@ class BatchCopier:
     def __init__(self, spec: BackfillSpec, target: Engine):
         self.spec, self.target = spec, target
         self.src, self.tgt = spec.src, spec.tgt
-        digest = hashlib.sha1(f"{spec.step_id}".encode()).hexdigest()[:12]
+        # a temp table lives as long as the pooled session: name it after everything its shape depends on
+        shape = f"{spec.step_id}|{spec.target_table}|" + ",".join(f"{c.name}:{c.target_type}" for c in spec.columns)
+        digest = hashlib.sha1(shape.encode()).hexdigest()[:16]
         self.stage = self.tgt.ident(f"am_stage_{digest}")
 
     # -- source SQL --------------------------------------------------------------------------------

@@ -402,36 +402,35 @@ class BackfillRunner:
         report = PhaseReport("final_sync")
         self.lock.check()
         limit = max(_MIN_BATCH_ROWS, step.batch.rows)
-        if self._shares_connection:
-            lock_conn_cm: Any = self.target.begin()
-        else:
-            lock_conn_cm = self.source.begin()
+        lock_engine = self.target if self._shares_connection else self.source
         t0 = time.monotonic()
-        with lock_conn_cm as lconn:
+        with lock_engine.connect() as lconn, self.source_dialect.lock_wait(lconn, step.max_lock_seconds):
             try:
+                transaction = lconn.begin()
                 self.source_dialect.lock_against_writes(lconn, spec.lock_tables, step.max_lock_seconds)
             except sa_exc.SQLAlchemyError as exc:
                 raise BackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
                                      f"{step.max_lock_seconds:g} s: {db_error_line(exc)}", transient=True) from exc
             locked_at = time.monotonic()
-            log.info("%s: locked %s against writes", label, ", ".join(spec.lock_tables))
-            after: Key | None = None
-            while True:
-                held = time.monotonic() - locked_at
-                if held > step.max_lock_seconds:
-                    raise BackfillFailed(
-                        f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
-                        f"{step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
-                        f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
-                source = None if self._shares_connection else lconn
-                rows, last = self._guarded(lambda s=source, a=after: self._delta_batch(s, lconn, delta, a, limit))
-                report.rows += rows
-                report.batches += 1 if rows else 0
-                if rows < limit:
-                    break
-                after = last
-            source_count = self._count_source(lconn)
-            target_count = self._count_target(lconn if self._shares_connection else None)
+            with transaction:
+                log.info("%s: locked %s against writes", label, ", ".join(spec.lock_tables))
+                after: Key | None = None
+                while True:
+                    held = time.monotonic() - locked_at
+                    if held > step.max_lock_seconds:
+                        raise BackfillFailed(
+                            f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
+                            f"{step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
+                            f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
+                    source = None if self._shares_connection else lconn
+                    rows, last = self._guarded(lambda s=source, a=after: self._delta_batch(s, lconn, delta, a, limit))
+                    report.rows += rows
+                    report.batches += 1 if rows else 0
+                    if rows < limit:
+                        break
+                    after = last
+                source_count = self._count_source(lconn)
+                target_count = self._count_target(lconn if self._shares_connection else None)
         held = time.monotonic() - locked_at
         report.seconds = time.monotonic() - t0
         report.detail.update(lock_seconds=round(held, 3), source_rows=source_count, target_rows=target_count)

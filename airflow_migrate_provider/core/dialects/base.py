@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlparse
 from sqlalchemy.engine import Connection, Engine
@@ -33,6 +35,12 @@ class Dialect(ABC):
     @abstractmethod
     def is_transient(self, exc: BaseException) -> bool:
         """True when retrying the same work later can succeed (connection lost, lock timeout, deadlock)."""
+
+    @contextmanager
+    def lock_wait(self, conn: Connection, timeout_s: float) -> Iterator[None]:
+        """While the block runs, taking ``conn``'s next transaction or lock waits at most ``timeout_s``
+        (for databases where that is a connection setting rather than part of the lock statement)."""
+        yield
 
     def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
         """Inside ``conn``'s open transaction, block other sessions' writes to ``quoted_tables`` (reads go on)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
@@ -26,5 +28,5 @@ class PostgresDialect(Dialect):
 
     def lock_against_writes(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
         # SHARE conflicts with the ROW EXCLUSIVE lock every INSERT/UPDATE/DELETE takes; readers are not blocked
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'")
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{max(1, math.ceil(timeout_s * 1000))}ms'")  # 0 = forever
         conn.exec_driver_sql(f"LOCK TABLE {', '.join(quoted_tables)} IN SHARE MODE")
