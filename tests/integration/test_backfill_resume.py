@@ -7,7 +7,8 @@
 - Live source: a writer thread inserts and updates source rows during phases 1-2 (and into phase 3); the
   final sync under the source lock makes the target equal to the source as of the lock.
 - max_lock_seconds: an over-long lock window fails the step and releases the source lock; the wait for
-  the lock is bounded too (two engine bugs there, and one in the phase 2/3 staging table: strict xfails).
+  the lock is bounded too (PostgreSQL and SQLite sources). Two backfills with the same step id sharing a
+  pooled target connection each get their own staging table.
 
 Random kill moments come from ``random.Random`` seeded per trial from ``SEED`` (printed; set
 ``BACKFILL_RESUME_SEED`` to replay a run).
