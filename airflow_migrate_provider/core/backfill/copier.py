@@ -3,8 +3,8 @@
 Three paths, chosen by the pair of databases:
 
 - PostgreSQL → PostgreSQL (psycopg 3): ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` streamed into
-  ``COPY ... FROM STDIN (FORMAT BINARY)`` in ~1 MiB writes. No value is parsed in Python; the SELECT casts
-  every column to the target's exact type so the binary formats always agree.
+  ``COPY ... FROM STDIN (FORMAT BINARY)`` in 128 KiB writes (see pg_copy.py). No value is parsed in
+  Python; the SELECT casts every column to the target's exact type so the binary formats always agree.
 - anything → PostgreSQL: keyset SELECT, rows written with text COPY (PostgreSQL parses each value).
 - anything → SQLite/MySQL: keyset SELECT, multi-row INSERT through the driver's executemany.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from typing import Any
@@ -27,11 +27,11 @@ from uuid import UUID
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_migrate_provider.core.backfill.pg_copy import copy_out_blocks
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec
 
 Key = tuple[Any, ...]
 Checkpoint = Callable[[Connection, Key, int], None]
-_COPY_WRITE_BYTES = 1 << 20
 _STREAM_ROWS = 5_000
 
 
@@ -153,16 +153,11 @@ class BatchCopier:
         tgt_pg = tconn.connection.driver_connection
         copy_out = psycopg.ClientCursor(src_pg).mogrify(f"COPY ({select_sql}) TO STDOUT (FORMAT BINARY)", params)
         cols = ", ".join(self.spec.column_idents)
-        with _as_sqlalchemy_error(copy_out), src_pg.cursor() as scur, tgt_pg.cursor() as tcur:
-            with scur.copy(copy_out) as out, tcur.copy(f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)") as sink:
-                buffer = bytearray()
-                for data in out:
-                    buffer += data
-                    if len(buffer) >= _COPY_WRITE_BYTES:
-                        sink.write(bytes(buffer))
-                        buffer.clear()
-                if buffer:
-                    sink.write(bytes(buffer))
+        copy_in = f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)"
+        with _as_sqlalchemy_error(copy_out), tgt_pg.cursor() as tcur:
+            with tcur.copy(copy_in) as sink, closing(copy_out_blocks(src_pg, copy_out)) as blocks:
+                for block in blocks:
+                    sink.write(block)
             return max(tcur.rowcount, 0)
 
     def _ensure_stage(self, tconn: Connection) -> None:
