@@ -184,7 +184,9 @@ class ThrottleRule(StrictModel):
     query: str = Field(min_length=1, description="SQL returning one number (e.g. replica lag in seconds, "
                        "active connections).")
     max: float = Field(description="Pause while the query returns more than this.")
-    on: Literal["source", "target"] = Field(default="source", description="Which database runs the query.")
+    database: Literal["source", "target"] = Field(
+        default="source", description="Which database runs the query (the source, or the target)."
+    )
     pause_seconds: float = Field(default=1.0, gt=0, le=600,
                                  description="First pause; doubles while still over, up to "
                                  "`max_pause_seconds`.")

@@ -127,3 +127,41 @@ def test_run_against_an_unreachable_database_is_one_clear_message(tmp_path):
     assert "error: the target database (Airflow connection 'app_db') is unreachable" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_demo_backfill_example_copies_in_mapped_chunks(tmp_path):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "backfill_users", "--users", "3000")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.copy_users.copy_chunk              success" in out
+    assert "copy_users: 1 verify query passed" in out
+    assert "row counts match: source 3,000 = target 3,000 (under lock, after the final sync)" in out
+    assert "chunk 4/4 (2250, 3000]    done    750/750" in out  # the status table's chunk progress
+    assert "users_v2(id, email, name, preferences)" in out
+    assert "backfill step 'copy_users' phase 1 chunk 2/4" in result.stdout + result.stderr  # per-batch progress
+
+
+def test_demo_backfill_with_a_bad_row_fails_one_chunk_and_rolls_back(tmp_path):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "backfill_users",
+                 "--fail-at", "copy_users", "--users", "400")
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.copy_users.copy_chunk              failed (1 failed, 3 success)" in out
+    assert "Rollback (rollback.revert_applied): success" in out
+    assert "users_v2(" not in out  # the copied rows were deleted and the new table dropped
+    assert "integer overflow" in result.stdout + result.stderr
+
+
+def test_render_of_a_backfill_lists_its_tasks(tmp_path):
+    plan = Path(__file__).resolve().parents[2] / "dags" / "plans" / "backfill_users_pg.yaml"
+
+    result = cli("render", str(plan))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.copy_users.copy_chunk  <BackfillOperator, mapped>" in out
+    assert "splits phase 1 into 4 chunk(s)" in out
+    assert "locks users against writes (max 5 s)" in out
+    assert "jsonb_build_object('theme', theme, 'notifications_enabled', notifications_enabled)" in out

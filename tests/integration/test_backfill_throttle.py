@@ -105,7 +105,7 @@ def test_throttle_is_checked_before_every_batch(seeded):
     """A metric that climbs during the copy pauses it before the next batch, not at the next task."""
     pair = seeded
     run_sql(pair.target, "CREATE TABLE release_valve (x INTEGER)")
-    rule = {"name": "backlog", "on": "target", "max": 1200, "pause_seconds": 0.01,
+    rule = {"name": "backlog", "database": "target", "max": 1200, "pause_seconds": 0.01,
             "query": "SELECT (SELECT count(*) FROM users_v2) - (SELECT coalesce(max(x), 0) FROM release_valve)"}
     plan = plan_with(rule)
     _, _, runner = runner_for(pair, plan)
@@ -125,7 +125,7 @@ def test_throttle_is_checked_before_every_batch(seeded):
 def test_give_up_after_seconds_fails_transient_and_keeps_every_committed_batch(seeded):
     pair = seeded
     run_sql(pair.source, "UPDATE throttle_metric SET v = 0")
-    rule = {"name": "backlog", "query": "SELECT count(*) FROM users_v2", "on": "target", "max": 1200,
+    rule = {"name": "backlog", "query": "SELECT count(*) FROM users_v2", "database": "target", "max": 1200,
             "pause_seconds": 0.01, "max_pause_seconds": 0.02, "give_up_after_seconds": 0.05}
     plan = plan_with(rule)
     ledger, _, runner = runner_for(pair, plan)

@@ -33,7 +33,7 @@ def read_metric(engine: Engine, rule: ThrottleRule, where: str) -> float:
             value: Any = conn.exec_driver_sql(SqlText(engine).fragment(rule.query), {}).scalar()
             conn.rollback()
     except sa_exc.SQLAlchemyError as exc:
-        raise BackfillFailed(f"{where}: throttle '{rule.name}' query failed on the {rule.on}: "
+        raise BackfillFailed(f"{where}: throttle '{rule.name}' query failed on the {rule.database}: "
                              f"{db_error_line(exc)}") from exc
     try:
         return float(value)
@@ -53,7 +53,7 @@ class Throttle:
 
     def over_limit(self) -> tuple[ThrottleRule, float] | None:
         for rule in self.rules:
-            value = read_metric(self.engines[rule.on], rule, self.where)
+            value = read_metric(self.engines[rule.database], rule, self.where)
             if value > rule.max:
                 return rule, value
         return None
