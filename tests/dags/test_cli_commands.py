@@ -137,7 +137,7 @@ def test_demo_backfill_example_copies_in_mapped_chunks(tmp_path):
     assert "steps.copy_users.copy_chunk              success" in out
     assert "copy_users: 1 verify query passed" in out
     assert "row counts match: source 3,000 = target 3,000 (under lock, after the final sync)" in out
-    assert "chunk 4/4 (2250, 3000]    done    750/750" in out  # the status table's chunk progress
+    assert "chunk 4/4 (2250, 3000]  done    750/750" in out  # the status table's chunk progress
     assert "users_v2(id, email, name, preferences)" in out
     assert "backfill step 'copy_users' phase 1 chunk 2/4" in result.stdout + result.stderr  # per-batch progress
 
