@@ -14,13 +14,16 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts rows copied by this task try; logs one line per batch."""
+    """Counts rows copied by this task try; logs a line per batch, at most one every ``every_s`` seconds
+    (the first batch always; :meth:`summary` closes the phase), so small batches don't flood the task log."""
 
-    def __init__(self, label: str, total: int, done: int, log: logging.Logger):
+    def __init__(self, label: str, total: int, done: int, log: logging.Logger, every_s: float = 2.0):
         self.label, self.total, self.done, self.log = label, total, done, log
         self.started = time.monotonic()
         self.copied = 0  # by this try
         self.batches = 0
+        self.every_s = every_s
+        self._last_line = float("-inf")
 
     @property
     def elapsed(self) -> float:
@@ -35,6 +38,10 @@ class Progress:
         self.copied += rows
         self.batches += 1
         total = max(self.total, self.done)
+        now = time.monotonic()
+        if self.batches > 1 and now - self._last_line < self.every_s:
+            return
+        self._last_line = now
         pct = f" ({100 * self.done / total:.1f}%)" if total else ""
         eta = f", ETA {_duration((total - self.done) / self.rate)}" if self.rate > 0 and total > self.done else ""
         self.log.info("%s: batch %d +%s rows in %.2f s; %s/%s%s, %s rows/s%s", self.label, self.batches,

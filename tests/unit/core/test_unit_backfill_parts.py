@@ -102,3 +102,13 @@ def test_progress_lines_carry_counts_rate_and_eta(caplog) -> None:
     line = caplog.records[-1].getMessage()
     assert "batch 1 +300 rows" in line and "500/1,000 (50.0%)" in line and "rows/s" in line and "ETA" in line
     assert "300 rows in 1 batches" in progress.summary()
+
+
+def test_progress_lines_are_rate_limited_for_small_batches(caplog) -> None:
+    log = logging.getLogger("airflow_migrate_provider.test_progress")
+    progress = Progress("phase 2", total=0, done=0, log=log, every_s=3600)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for _ in range(50):
+            progress.batch(10, 0.001)
+    assert len(caplog.records) == 1  # the first batch; the rest within the interval are counted, not logged
+    assert "500 rows in 50 batches" in progress.summary()
