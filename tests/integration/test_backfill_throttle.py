@@ -96,7 +96,7 @@ def test_copy_pauses_with_backoff_while_over_max_then_completes(seeded, caplog):
     assert any("back under every max" in m for m in messages)
     assert not any("throttle 'pct'" in m for m in messages)  # its query (with a %) ran and stayed under max
     progress = [m for m in messages if "phase 1 chunk" in m and "rows/s" in m and " batch " in m]
-    assert len(progress) == 2  # 2 chunks of 2 batches; within 2 s only the first batch of each is logged
+    assert len(progress) == 4  # 2 chunks of 2 batches: the first and the last batch of a chunk are always logged
     assert any("ETA" in m and "(50.0%)" in m and "500/1,000" in m for m in progress)
     assert any("(100.0%)" in m for m in progress)
 

@@ -15,7 +15,7 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     """Counts rows copied by this task try; logs a line per batch, at most one every ``every_s`` seconds
-    (the first batch always; :meth:`summary` closes the phase), so small batches don't flood the task log."""
+    (the first batch and the one reaching the total always), so small batches don't flood the task log."""
 
     def __init__(self, label: str, total: int, done: int, log: logging.Logger, every_s: float = 2.0):
         self.label, self.total, self.done, self.log = label, total, done, log
@@ -39,7 +39,8 @@ class Progress:
         self.batches += 1
         total = max(self.total, self.done)
         now = time.monotonic()
-        if self.batches > 1 and now - self._last_line < self.every_s:
+        finished = self.total > 0 and self.done >= self.total
+        if self.batches > 1 and not finished and now - self._last_line < self.every_s:
             return
         self._last_line = now
         pct = f" ({100 * self.done / total:.1f}%)" if total else ""
