@@ -1,0 +1,1 @@
+"""The large-table backfill: spec, copier, checkpoints, throttle, progress and the runner of its phases."""
