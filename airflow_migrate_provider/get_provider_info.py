@@ -10,9 +10,12 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-migrate-provider",
         "name": "Database migrations",
         "description": "Turns a YAML migration plan into a DAG that migrates databases safely: preflight, "
-        "schema steps with verification, a ledger and run lock in the target, and automatic rollback.",
+        "schema steps with verification, resumable large-table backfills, a ledger and run lock in the "
+        "target, and automatic rollback.",
         "hooks": [{"integration-name": "Database migrations",
                    "python-modules": ["airflow_migrate_provider.hooks.migration"]}],
         "operators": [{"integration-name": "Database migrations",
                        "python-modules": ["airflow_migrate_provider.operators"]}],
+        "triggers": [{"integration-name": "Database migrations",
+                      "python-modules": ["airflow_migrate_provider.triggers.throttle"]}],
     }
