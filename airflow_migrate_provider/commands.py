@@ -112,7 +112,8 @@ def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path 
 
     check_targets_reachable(plan)
     init_metadata_db()
-    dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8")))
+    dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8"),
+                                plan_dir=str(Path(path).resolve().parent)))
     summary, verification = ledger_reports(plan)
     return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification)
 

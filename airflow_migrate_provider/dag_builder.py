@@ -21,12 +21,14 @@ from airflow.sdk import DAG, TaskGroup, TriggerRule
 from airflow_migrate_provider.operators import (
     ApplyStepOperator,
     BackfillOperator,
+    HealthGateOperator,
     MigrationOutcomeOperator,
     PreflightOperator,
     RollbackOperator,
+    VerifyOperator,
     VerifyStepsOperator,
 )
-from airflow_migrate_provider.plan.model import BackfillStep, Plan
+from airflow_migrate_provider.plan.model import BackfillStep, HealthGateStep, Plan, VerifyStep
 
 PREFLIGHT_TASK = "preflight.check"
 VERIFY_TASK = "verify.verify_steps"
@@ -79,8 +81,10 @@ def _doc_md(plan: Plan, source_text: str | None) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None = None) -> DAG:
-    """Build the DAG that runs ``plan``. Touches no database: safe at DAG-parse time."""
+def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None = None,
+              plan_dir: str | None = None) -> DAG:
+    """Build the DAG that runs ``plan`` (``plan_dir``: the plan file's folder, for relative paths in it).
+    Touches no database: safe at DAG-parse time."""
     plan_data = plan.model_dump(mode="json")
     common = {"plan": plan_data}
     with DAG(
@@ -100,6 +104,12 @@ def build_dag(plan: Plan, *, source_text: str | None = None, dag_id: str | None 
             for step in plan.steps:
                 if isinstance(step, BackfillStep):
                     ends.append(_backfill_group(step, common))
+                elif isinstance(step, VerifyStep | HealthGateStep):
+                    operator = VerifyOperator if isinstance(step, VerifyStep) else HealthGateOperator
+                    extra = {"plan_dir": plan_dir} if isinstance(step, VerifyStep) else {}
+                    task = operator(task_id=step.id, step_id=step.id, doc_md=step.description or None, **extra,
+                                    **common)
+                    ends.append((task, task))
                 else:
                     task = ApplyStepOperator(task_id=step.id, step_id=step.id, doc_md=step.description or None,
                                              **common)

@@ -46,7 +46,7 @@ def dag_from_plan_file(path: str | Path):  # -> airflow.sdk.DAG (imported lazily
         plan = load_plan(path)
     except PlanError as exc:
         raise PlanImportError(f"invalid migration plan {path.name}:\n{exc}") from None
-    return build_dag(plan, source_text=path.read_text(encoding="utf-8"))
+    return build_dag(plan, source_text=path.read_text(encoding="utf-8"), plan_dir=str(path.parent))
 
 
 def dag_from_shim(shim_path: str | Path):

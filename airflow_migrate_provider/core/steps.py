@@ -25,7 +25,16 @@ from airflow_migrate_provider.errors import (
     VerificationFailed,
     db_error_line,
 )
-from airflow_migrate_provider.plan.model import BackfillStep, Plan, SchemaStep
+from airflow_migrate_provider.plan.model import (
+    READ_ONLY_KINDS,
+    BackfillStep,
+    HealthGateStep,
+    Plan,
+    SchemaStep,
+    VerifyStep,
+)
+
+AnyStep = SchemaStep | BackfillStep | VerifyStep | HealthGateStep
 
 if TYPE_CHECKING:
     from airflow_migrate_provider.core.backfill.runner import BackfillRunner
@@ -85,11 +94,14 @@ def _one_line(sql: str, width: int = 90) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def step_checksum(step: SchemaStep | BackfillStep) -> str:
+def step_checksum(step: AnyStep) -> str:
     """SHA-256 of what a step does to data: a schema step's SQL (up, down, verify, verify_down), insensitive
     to trailing whitespace; a backfill's source, target, columns and key (not its batch/throttle tuning)."""
     if isinstance(step, BackfillStep):
         return backfill_checksum(step)
+    if not isinstance(step, SchemaStep):  # read-only kinds: their whole declaration
+        what = step.model_dump(mode="json", exclude={"description", "tags"})
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     def norm(sqls: list[str]) -> list[str]:
         return ["\n".join(line.rstrip() for line in s.strip().splitlines()) for s in sqls]
 
@@ -202,6 +214,8 @@ class StepRunner:
         for step in plan.steps:
             if step.id == step_id:
                 return results
+            if step.kind in READ_ONLY_KINDS:
+                continue  # verifications change nothing a later step depends on
             if step.id in applied and applied[step.id].status == "applied":
                 continue
             if step.id in applied and isinstance(step, SchemaStep):
@@ -219,6 +233,8 @@ class StepRunner:
         """
         if applied.actions.get("kind") == "backfill":
             return self.backfill(self._plan_step(applied.step_id)).revert(applied)
+        if applied.actions.get("kind") in READ_ONLY_KINDS:
+            return self._record_noop_revert(applied)
         actions = StepActions.from_json(applied.actions)
         resume_from = 0
         if not actions.transactional:
@@ -268,6 +284,13 @@ class StepRunner:
         return result
 
     # -- verify only ----------------------------------------------------------------------------
+    def _record_noop_revert(self, applied: HistoryRow) -> StepResult:
+        """A verification changed nothing: its revert only records that it no longer stands."""
+        row_id, started = self.ledger.start(applied.step_id, "revert", applied.checksum, applied.actions, self.who)
+        note = f"{applied.actions.get('kind')} step: read-only, nothing to revert"
+        self.ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps([note]))
+        return StepResult(applied.step_id, "reverted", 0.0, 0, [note])
+
     def _plan_step(self, step_id: str) -> BackfillStep:
         step = self.plan.step(step_id) if self.plan is not None else None
         if not isinstance(step, BackfillStep):
@@ -275,10 +298,12 @@ class StepRunner:
                                f"restore the step in the plan to revert it")
         return step
 
-    def verify(self, step: SchemaStep | BackfillStep) -> StepResult:
+    def verify(self, step: AnyStep) -> StepResult:
         """Re-run a step's verify queries in a transaction that is rolled back (changes nothing)."""
         if isinstance(step, BackfillStep):
             return self.backfill(step).verify()
+        if not isinstance(step, SchemaStep):
+            return StepResult(step.id, "verified", 0.0, 0, [f"{step.kind} step: checked by its own task"])
         t0 = time.monotonic()
         with self.engine.connect() as conn:
             try:

@@ -2,16 +2,20 @@
 
 from airflow_migrate_provider.operators.apply_step import ApplyStepOperator
 from airflow_migrate_provider.operators.backfill import BackfillOperator
+from airflow_migrate_provider.operators.health_gate import HealthGateOperator
 from airflow_migrate_provider.operators.outcome import MigrationOutcomeOperator
 from airflow_migrate_provider.operators.preflight import PreflightOperator
 from airflow_migrate_provider.operators.rollback import RollbackOperator
+from airflow_migrate_provider.operators.verify import VerifyOperator
 from airflow_migrate_provider.operators.verify_steps import VerifyStepsOperator
 
 __all__ = [
     "ApplyStepOperator",
     "BackfillOperator",
+    "HealthGateOperator",
     "MigrationOutcomeOperator",
     "PreflightOperator",
     "RollbackOperator",
+    "VerifyOperator",
     "VerifyStepsOperator",
 ]

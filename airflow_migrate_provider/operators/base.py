@@ -74,8 +74,13 @@ class MigrationOperator(BaseOperator):
                 source.dispose()
 
     def execute(self, context: Context) -> Any:
+        return self.translating_errors(lambda: self.run_migration(context))
+
+    def translating_errors(self, work: Any) -> Any:
+        """Run ``work`` turning our errors into Airflow's (retry only what can succeed on retry); for
+        ``execute`` and for the methods a deferred task resumes in."""
         try:
-            return self.run_migration(context)
+            return work()
         except MigrateError as exc:
             raise airflow_error(exc) from exc
         except SQLAlchemyError as exc:  # ledger/lock access outside a step: the database went away

@@ -308,6 +308,209 @@ class BackfillStep(StrictModel):
         return self
 
 
+class CompareSide(StrictModel):
+    """One side of a verification: a table (optionally filtered) or a SELECT."""
+
+    table: str | None = Field(default=None, description="Table name, optionally schema-qualified.")
+    query: str | None = Field(default=None, description="A SELECT to compare instead of a table (row checks only).")
+    filter: str | None = Field(default=None, description="SQL condition: only matching rows are compared.")
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> CompareSide:
+        if (self.table is None) == (self.query is None):
+            raise PydanticCustomError("side_shape", "give exactly one of `table` or `query`")
+        if self.table is not None and not QUALIFIED_NAME.match(self.table):
+            raise PydanticCustomError("table_name", "'{name}' is not a table name (name or schema.name)",
+                                      {"name": self.table})
+        return self
+
+
+class ColumnTolerance(StrictModel):
+    """How one column's values are normalized before source and target are compared."""
+
+    numeric_scale: int | None = Field(default=None, ge=0, le=38, description="Round numbers to this many "
+                                      "decimal places (12.5 = 12.50 = 12.499 at scale 2).")
+    float_epsilon: float | None = Field(default=None, gt=0, description="Numbers this close are equal.")
+    timestamp_precision: Literal["s", "ms", "us"] | None = Field(
+        default=None, description="Truncate timestamps to seconds, milliseconds or microseconds.")
+    time_zone: str | None = Field(default=None, description="Compare timestamps as instants; naive values are "
+                                  "taken to be in this zone (e.g. `UTC`, `Europe/Paris`).")
+    trim: bool = Field(default=False, description="Ignore trailing spaces.")
+    case_insensitive: bool = Field(default=False, description="Compare text without regard to case.")
+    as_json: bool = Field(default=False, description="Compare as JSON: key order and whitespace do not matter.")
+
+
+VerifyCheck = Literal["row_counts", "schemas", "indexes", "constraints", "data_sample", "checksums"]
+ALL_CHECKS: tuple[str, ...] = ("row_counts", "schemas", "indexes", "constraints", "data_sample", "checksums")
+
+
+class ExpectedDifferences(StrictModel):
+    """Intended structural changes, by the ids the report prints (e.g. `column preferences: only in target`)."""
+
+    schemas: list[str] = Field(default_factory=list, description="Accepted schema differences.")
+    indexes: list[str] = Field(default_factory=list, description="Accepted index differences.")
+    constraints: list[str] = Field(default_factory=list, description="Accepted constraint differences.")
+
+
+class ExpectationSuite(StrictModel):
+    """A Great Expectations 1.x suite run on the target table; a failed expectation fails the step."""
+
+    table: str | None = Field(default=None, description="Table to validate; defaults to the target table.")
+    suite: list[dict[str, Any]] | None = Field(
+        default=None, description="Inline expectations, GX's shape: `{type: expect_column_values_to_not_be_null, "
+        "kwargs: {column: email}}`.")
+    path: str | None = Field(default=None, description="A suite JSON file as GX writes it (relative paths are "
+                             "taken from the plan file's folder).")
+
+    @model_validator(mode="after")
+    def _suite_or_path(self) -> ExpectationSuite:
+        if (self.suite is None) == (self.path is None):
+            raise PydanticCustomError("suite_shape", "give exactly one of `suite` or `path`")
+        return self
+
+
+class BenchmarkQuerySpec(StrictModel):
+    """A query timed on the source and on the target."""
+
+    name: str = Field(description="Shown in the report.")
+    sql: str = Field(min_length=1, description="The query (run on both sides unless `target_sql` is given).")
+    target_sql: str | None = Field(default=None, description="The target's version of the query, if it differs.")
+
+
+class PerformanceSpec(StrictModel):
+    """Benchmark queries run on source and target; the medians are compared."""
+
+    queries: list[BenchmarkQuerySpec] = Field(min_length=1, description="Queries to time.")
+    runs: int = Field(default=5, ge=1, le=1000, description="Timed runs per query and side (after warm-up).")
+    warmup: int = Field(default=1, ge=0, le=100, description="Untimed runs first.")
+    tolerance_pct: float = Field(default=10.0, ge=0, description="Allowed slowdown of the target's median, in %.")
+    on_degradation: Literal["fail", "warn"] = Field(default="fail", description="Fail the step, or only warn.")
+
+
+class VerifyStep(StrictModel):
+    """Compare the source with the target (and/or validate the target); any check that does not hold fails
+    the step, which sends the run to its rollback."""
+
+    kind: Literal["verify"] = Field(description="`verify`.")
+    id: str = Field(description="Unique step id within the plan: letters, digits and _ (max 63).")
+    description: str = Field(default="", description="What the step checks, shown in the task's docs.")
+    source: CompareSide | None = Field(default=None, description="On the plan's source connection (the target "
+                                       "when it has none). Required by every check except `expectations`.")
+    target: CompareSide = Field(description="On the plan's target connection.")
+    key: list[str] = Field(default_factory=list, description="Key column(s), needed by `data_sample` and "
+                           "`checksums`. A single name is accepted.")
+    checks: list[VerifyCheck] = Field(
+        default_factory=lambda: list(ALL_CHECKS),
+        description="Which source-vs-target checks run (default: all six; structure checks need tables).")
+    columns: dict[str, str] = Field(default_factory=dict, description="Target column → the source column or "
+                                    "expression it must equal (renames, transforms); others compare by name.")
+    tolerances: dict[str, ColumnTolerance] = Field(default_factory=dict,
+                                                   description="Per target column normalization.")
+    expected_differences: ExpectedDifferences = Field(default_factory=ExpectedDifferences,
+                                                      description="Intended structural changes.")
+    sample_size: int = Field(default=100, ge=1, le=1_000_000, description="Keys compared by `data_sample`.")
+    segments: int = Field(default=64, ge=1, le=100_000, description="Key segments hashed by `checksums`.")
+    expectations: ExpectationSuite | None = Field(default=None, description="A GX suite for the target.")
+    performance: PerformanceSpec | None = Field(default=None, description="Compare query speed.")
+    tags: list[str] = Field(default_factory=list, description="Free-form labels.")
+
+    _listify_key = field_validator("key", mode="before")(
+        classmethod(lambda cls, v: [v] if isinstance(v, str) else v))
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        return _identifier("step_id", v)
+
+    @model_validator(mode="after")
+    def _checks_have_what_they_need(self) -> VerifyStep:
+        if self.checks and self.source is None:
+            raise PydanticCustomError(
+                "source_required", "step '{step}' runs {checks} but has no `source` to compare with; add `source`, "
+                "or set `checks: []` to run only expectations/performance", {"step": self.id, "checks": self.checks})
+        keyed = [c for c in self.checks if c in ("data_sample", "checksums")]
+        if keyed and not self.key:
+            raise PydanticCustomError("key_required", "step '{step}' runs {checks}, which need `key`",
+                                      {"step": self.id, "checks": keyed})
+        structural = [c for c in self.checks if c in ("schemas", "indexes", "constraints")]
+        if structural and (self.target.table is None or (self.source is not None and self.source.table is None)):
+            raise PydanticCustomError("tables_required", "step '{step}' runs {checks}, which compare tables: use "
+                                      "`table` on both sides (or drop these checks)",
+                                      {"step": self.id, "checks": structural})
+        if not self.checks and self.expectations is None and self.performance is None:
+            raise PydanticCustomError("nothing_to_verify", "step '{step}' checks nothing: give `checks`, "
+                                      "`expectations` or `performance`", {"step": self.id})
+        return self
+
+
+class HealthMetricSpec(StrictModel):
+    """One health metric, read from SQL or from an HTTP JSON endpoint."""
+
+    name: str = Field(description="Metric name, e.g. `error_rate`, `latency_p95`.")
+    sql: str | None = Field(default=None, description="A query returning one number.")
+    url: str | None = Field(default=None, description="An http(s) URL returning JSON.")
+    json_path: str | None = Field(default=None, description="Dot path to the number in the JSON (`errors.rate`).")
+
+    @model_validator(mode="after")
+    def _sql_or_url(self) -> HealthMetricSpec:
+        if (self.sql is None) == (self.url is None):
+            raise PydanticCustomError("metric_shape", "metric '{name}': give exactly one of `sql` or `url`",
+                                      {"name": self.name})
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise PydanticCustomError("metric_url", "metric '{name}': `url` must be http(s)", {"name": self.name})
+        return self
+
+
+class HealthThresholdSpec(StrictModel):
+    """When a metric means "roll back"."""
+
+    metric: str = Field(description="The metric's name.")
+    max: float | None = Field(default=None, description="Roll back when the metric is above this.")
+    max_ratio_to_baseline: float | None = Field(
+        default=None, gt=0, description="Roll back when the metric is above this multiple of its baseline "
+        "(captured in preflight, before anything changes).")
+
+
+class HealthGateStep(StrictModel):
+    """Watch application health for a window; a breach fails the step, which rolls the run back."""
+
+    kind: Literal["health_gate"] = Field(description="`health_gate`.")
+    id: str = Field(description="Unique step id within the plan: letters, digits and _ (max 63).")
+    description: str = Field(default="", description="What the gate protects, shown in the task's docs.")
+    metrics: list[HealthMetricSpec] = Field(min_length=1, description="What to sample.")
+    database: Literal["source", "target"] = Field(default="target", description="Where `sql` metrics run.")
+    thresholds: list[HealthThresholdSpec] | None = Field(
+        default=None, description="Rollback triggers. Default (the seed's): `error_rate` above 0.01, `latency_p95` "
+        "above 2x its baseline, for whichever of the two metrics exist.")
+    window_seconds: float = Field(default=300, gt=0, le=86_400, description="How long to watch.")
+    interval_seconds: float = Field(default=15, gt=0, le=3600, description="Time between samples; the task "
+                                    "defers in between, freeing its worker slot.")
+    baseline_samples: int = Field(default=3, ge=1, le=100, description="Samples (medians) taken in preflight.")
+    tags: list[str] = Field(default_factory=list, description="Free-form labels.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        return _identifier("step_id", v)
+
+    @model_validator(mode="after")
+    def _thresholds_name_metrics(self) -> HealthGateStep:
+        names = {m.name for m in self.metrics}
+        unknown = [t.metric for t in self.thresholds or [] if t.metric not in names]
+        if unknown:
+            raise PydanticCustomError("unknown_metric", "thresholds name unknown metric(s) {unknown}; metrics: "
+                                      "{names}", {"unknown": unknown, "names": sorted(names)})
+        return self
+
+    def effective_thresholds(self) -> list[HealthThresholdSpec]:
+        if self.thresholds is not None:
+            return list(self.thresholds)
+        names = {m.name for m in self.metrics}
+        defaults = [HealthThresholdSpec(metric="error_rate", max=0.01),
+                    HealthThresholdSpec(metric="latency_p95", max_ratio_to_baseline=2.0)]
+        return [t for t in defaults if t.metric in names]
+
+
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("kind", "schema")
@@ -317,7 +520,12 @@ def _step_kind(value: Any) -> str | None:
 
 # Add new step kinds here as `Annotated[XStep, Tag("x")]` and to STEP_KINDS.
 Step = Annotated[
-    Union[Annotated[SchemaStep, Tag("schema")], Annotated[BackfillStep, Tag("backfill")]],  # noqa: UP007
+    Union[  # noqa: UP007
+        Annotated[SchemaStep, Tag("schema")],
+        Annotated[BackfillStep, Tag("backfill")],
+        Annotated[VerifyStep, Tag("verify")],
+        Annotated[HealthGateStep, Tag("health_gate")],
+    ],
     Discriminator(_step_kind),
 ]
 
@@ -357,7 +565,7 @@ class Plan(StrictModel):
             )
         return self
 
-    def step(self, step_id: str) -> SchemaStep | BackfillStep:
+    def step(self, step_id: str) -> SchemaStep | BackfillStep | VerifyStep | HealthGateStep:
         for s in self.steps:
             if s.id == step_id:
                 return s
@@ -365,7 +573,8 @@ class Plan(StrictModel):
 
 
 DUPLICATE_STEP_ID = "duplicate_step_id"
-STEP_KINDS = frozenset({"schema", "backfill"})
+STEP_KINDS = frozenset({"schema", "backfill", "verify", "health_gate"})
+READ_ONLY_KINDS = frozenset({"verify", "health_gate"})  # change nothing: nothing to revert or re-apply
 
 
 def duplicate_step_ids(raw_steps: Any) -> list[tuple[int, str, int]]:

@@ -14,10 +14,20 @@ from airflow_migrate_provider.plan.model import (
     BackfillSource,
     BackfillStep,
     BatchSize,
+    BenchmarkQuerySpec,
+    ColumnTolerance,
+    CompareSide,
     Connections,
+    ExpectationSuite,
+    ExpectedDifferences,
+    HealthGateStep,
+    HealthMetricSpec,
+    HealthThresholdSpec,
+    PerformanceSpec,
     Plan,
     SchemaStep,
     ThrottleRule,
+    VerifyStep,
 )
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -33,6 +43,22 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`backfill.batch`", BatchSize, ""),
     ("`backfill.throttle[]`", ThrottleRule, ""),
     ("`backfill.phases`", BackfillPhases, ""),
+    ("Step `kind: verify`", VerifyStep,
+     "Compares the source with the target and/or validates the target; any check that does not hold fails the "
+     "step and the run rolls back. The report (a table in the task log, JSON and HTML files, a summary in XCom) "
+     "lists each check with what differed. See docs/verification.md."),
+    ("`verify.source` / `verify.target`", CompareSide, ""),
+    ("`verify.tolerances.<column>`", ColumnTolerance, ""),
+    ("`verify.expected_differences`", ExpectedDifferences, ""),
+    ("`verify.expectations`", ExpectationSuite, ""),
+    ("`verify.performance`", PerformanceSpec, ""),
+    ("`verify.performance.queries[]`", BenchmarkQuerySpec, ""),
+    ("Step `kind: health_gate`", HealthGateStep,
+     "Samples application health (SQL or an HTTP JSON endpoint) every `interval_seconds` for `window_seconds`, "
+     "deferring in between; the first sample over a threshold fails the step and the run rolls back. Baselines "
+     "are sampled in preflight, before anything changes."),
+    ("`health_gate.metrics[]`", HealthMetricSpec, ""),
+    ("`health_gate.thresholds[]`", HealthThresholdSpec, ""),
 ]
 
 
