@@ -17,7 +17,7 @@ from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
 from airflow_migrate_provider.core.steps import StepRunner
-from airflow_migrate_provider.errors import BackfillFailed, ConnectionUnavailable, MigrateError, StepFailed
+from airflow_migrate_provider.errors import MigrateError
 from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.plan.model import Plan
 
@@ -29,7 +29,7 @@ _WORST_FIRST = {"failed": 0, "upstream_failed": 1, "up_for_retry": 2, "running":
 def airflow_error(exc: MigrateError) -> AirflowException:
     """Retry only what can succeed on retry: lost connections and lock timeouts. Everything else
     (verification, checksum, plan, SQL errors) fails at once and goes to rollback."""
-    transient = isinstance(exc, (ConnectionUnavailable, StepFailed, BackfillFailed)) and exc.transient
+    transient = getattr(exc, "transient", False) is True
     return AirflowException(str(exc)) if transient else AirflowFailException(str(exc))
 
 

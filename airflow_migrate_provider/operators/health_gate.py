@@ -50,8 +50,9 @@ class HealthGateOperator(MigrationOperator):
             if baseline is None:
                 baseline = load_baseline(ledger, step.id, who)
                 if baseline is None:
-                    self.log.warning("no baseline recorded in preflight for gate '%s'; thresholds relative to "
-                                     "the baseline are skipped", step.id)
+                    self.log.warning("no baseline recorded in preflight for gate '%s' (was preflight cleared "
+                                     "out of the run?); a threshold relative to the baseline fails the gate",
+                                     step.id)
                     baseline = {}
             gate = health_gate(step, engines)
             values = gate.sample()

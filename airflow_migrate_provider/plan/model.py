@@ -500,6 +500,10 @@ class HealthGateStep(StrictModel):
         if unknown:
             raise PydanticCustomError("unknown_metric", "thresholds name unknown metric(s) {unknown}; metrics: "
                                       "{names}", {"unknown": unknown, "names": sorted(names)})
+        if not self.effective_thresholds():
+            raise PydanticCustomError(
+                "no_thresholds", "health gate '{step}' has no rollback trigger: name metrics `error_rate` / "
+                "`latency_p95` (default thresholds) or give `thresholds`", {"step": self.id})
         return self
 
     def effective_thresholds(self) -> list[HealthThresholdSpec]:

@@ -94,7 +94,7 @@ def _load_suite(suite: list[dict] | None, suite_path: str | None) -> tuple[str, 
     """The expectations to run and the field they came from (for messages)."""
     if (suite is None) == (suite_path is None):
         raise ExpectationSuiteError([f"{FIELD}: give exactly one of 'suite' (inline expectations) and "
-                                     f"'suite_path' (a suite JSON file); got "
+                                     f"'path' (suite_path: a suite JSON file); got "
                                      f"{'both' if suite is not None else 'neither'}"])
     if suite is not None:
         if not isinstance(suite, list):
@@ -102,7 +102,7 @@ def _load_suite(suite: list[dict] | None, suite_path: str | None) -> tuple[str, 
                                          f"got {type(suite).__name__}"])
         where, items = f"{FIELD}.suite", suite
     else:
-        where = f"{FIELD}.suite_path ({suite_path})"
+        where = f"{FIELD}.path ({suite_path})"  # the plan calls the file `path`
         try:
             data = json.loads(Path(suite_path).read_text(encoding="utf-8"))
         except OSError as exc:

@@ -101,8 +101,6 @@ def _html(data: dict[str, Any]) -> str:
 
 def run_verify_step(step: VerifyStep, source: Engine, target: Engine, plan_dir: Path | None = None) -> VerifyReport:
     """Run every check the step declares, in order; a check that cannot run raises (fails safe)."""
-    from airflow_migrate_provider.core.verify import checksums, rows, structure
-
     t0 = time.monotonic()
     report = VerifyReport(step.id)
     tgt = side(target, step.target, "target")
@@ -113,6 +111,8 @@ def run_verify_step(step: VerifyStep, source: Engine, target: Engine, plan_dir: 
     for check in step.checks:
         assert src is not None  # the model requires a source for checks
         log.info("verify step '%s': running %s", step.id, check)
+        from airflow_migrate_provider.core.verify import checksums, rows, structure
+
         if check == "row_counts":
             result = rows.row_counts(src, tgt)
         elif check == "schemas":

@@ -1,0 +1,520 @@
+"""Structure checks: the columns (schemas), indexes and constraints of two tables, compared across dialects.
+
+Each side's table is introspected into dialect-neutral descriptions: PostgreSQL ``character varying(50)``
+and SQLite ``VARCHAR(50)`` are both ``text(50)``; casts, quotes and redundant parentheses are stripped from
+defaults, index predicates and check expressions (``(amount >= (0)::numeric)`` reads ``amount >= 0``).
+Every difference gets a stable id, e.g. ``column amount: type numeric(12,2) -> numeric(14,2)``; ids listed
+in ``expected`` are intended changes and do not fail the check, and expected ids that did not occur are
+noted in the detail as a warning. Index and constraint names are not compared.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.backfill.spec import category_of_sa_type
+from airflow_migrate_provider.core.backfill.sql import SqlText
+from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference, Side
+from airflow_migrate_provider.errors import MigrateError
+
+T = TypeVar("T")
+
+
+class VerifyInputError(MigrateError):
+    """A check cannot run as asked (no such table or column, a query where a table is needed, a rule that
+    does not fit the column's type). The message starts with the field to edit."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """One column, described the same way on every dialect."""
+
+    name: str
+    type: str  # normalized: text(50), numeric(12,2), bigint, timestamp with time zone, json, ...
+    category: str  # integer | number | text | datetime | bool | json | binary | other
+    nullable: bool
+    default: str | None  # normalized; "sequence" for serial/identity/SQLite rowid columns
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str | None
+    elements: tuple[str, ...]  # column names, or normalized expressions; " desc" where descending
+    unique: bool
+    where: str | None  # normalized partial-index predicate
+
+    @property
+    def id(self) -> str:
+        return (f"index on ({', '.join(self.elements)})" + (" unique" if self.unique else "")
+                + (f" where {self.where}" if self.where else ""))
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    referred: str  # table(columns)
+    on_delete: str
+    on_update: str
+
+    @property
+    def id(self) -> str:
+        return f"foreign key ({', '.join(self.columns)}) -> {self.referred}"
+
+
+_TYPE_NAMES = {
+    "int2": "smallint", "smallint": "smallint", "tinyint": "smallint", "smallserial": "smallint",
+    "int": "integer", "int4": "integer", "integer": "integer", "mediumint": "integer", "serial": "integer",
+    "int8": "bigint", "bigint": "bigint", "bigserial": "bigint",
+    "numeric": "numeric", "decimal": "numeric",
+    "real": "real", "float4": "real", "double precision": "double", "double": "double", "float8": "double",
+    "varchar": "text", "character varying": "text", "nvarchar": "text", "varying character": "text",
+    "text": "text", "clob": "text", "string": "text",
+    "char": "char", "character": "char", "nchar": "char", "bpchar": "char", "native character": "char",
+    "timestamp": "timestamp", "timestamp without time zone": "timestamp", "datetime": "timestamp",
+    "timestamptz": "timestamp with time zone", "timestamp with time zone": "timestamp with time zone",
+    "date": "date", "time": "time", "time without time zone": "time",
+    "timetz": "time with time zone", "time with time zone": "time with time zone", "interval": "interval",
+    "bool": "boolean", "boolean": "boolean", "json": "json", "jsonb": "json", "uuid": "uuid",
+    "bytea": "binary", "blob": "binary", "binary": "binary", "varbinary": "binary",
+}
+_KEEP_ARGS = {"numeric", "text", "char", "timestamp", "timestamp with time zone", "time", "time with time zone"}
+_CATEGORIES = {
+    "smallint": "integer", "integer": "integer", "bigint": "integer", "numeric": "number", "real": "number",
+    "double": "number", "text": "text", "char": "text", "uuid": "text", "timestamp": "datetime", "date": "datetime",
+    "time": "datetime", "interval": "datetime", "boolean": "bool", "json": "json", "binary": "binary",
+}
+
+
+def normalize_type(declared: str) -> str:
+    """A declared type as one name across dialects: ``character varying(50)``/``VARCHAR(50)`` → ``text(50)``,
+    ``int4``/``INTEGER`` → ``integer``, ``timestamp(3) with time zone``, ``jsonb`` → ``json``."""
+    spelled = " ".join(declared.lower().replace('"', "").split())
+    array = ""
+    while spelled.endswith("[]"):
+        array, spelled = array + "[]", spelled[:-2].rstrip()
+    found = re.search(r"\(([^)]*)\)", spelled)
+    args = re.sub(r"\s+", "", found.group(1)) if found else ""
+    base = " ".join(re.sub(r"\([^)]*\)", " ", spelled).split())
+    if base == "float":
+        base, args = ("real" if args.isdigit() and int(args) <= 24 else "double"), ""
+    name = _TYPE_NAMES.get(base, base) or "any"
+    if name not in _KEEP_ARGS and name in _CATEGORIES:
+        args = ""
+    if name == "numeric" and args.endswith(",0"):
+        args = args[:-2]
+    if name.startswith(("timestamp", "time")) and args == "6":
+        args = ""  # the default precision
+    if args:
+        head, _, rest = name.partition(" ")
+        name = f"{head}({args})" + (f" {rest}" if rest else "")
+    return name + array
+
+
+def type_category(type_name: str, sa_type: Any = None) -> str:
+    """The coarse category of a normalized type name (falls back to the reflected SQLAlchemy type)."""
+    if type_name.endswith("[]"):
+        return "other"
+    head = re.sub(r"\(.*?\)", "", type_name).split(" ")[0]
+    return _CATEGORIES.get(head) or (category_of_sa_type(sa_type) if sa_type is not None else "other")
+
+
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_CAST = re.compile(r"::\s*(?:\"[^\"]+\"|[a-z_][\w.]*)(?:\s+(?:varying|precision|with(?:out)?\s+time\s+zone))*"
+                   r"(?:\s*\(\s*\d+(?:\s*,\s*\d+)?\s*\))?(?:\s*\[\])*")
+_TOKEN_IN_PARENS = re.compile(r"(?<![\w)\]])\(([\w.\x01\x02]+)\)")
+_OPERATORS = [(re.compile(r"\s*!~~\*\s*"), " not ilike "), (re.compile(r"\s*~~\*\s*"), " ilike "),
+              (re.compile(r"\s*!~~\s*"), " not like "), (re.compile(r"\s*~~\s*"), " like "),
+              (re.compile(r"\s*(<>|!=|<=|>=|=|<|>)\s*"), r" \1 ")]
+_ANY_ARRAY = re.compile(r" = any \(array\[(.*?)\]\)")
+
+
+def normalize_sql(sql: str) -> str:
+    """SQL text made comparable across dialects, loosely: lowercase outside string literals, no casts or
+    identifier quotes, no redundant parentheses, ``x = any (array[a, b])`` read as ``x in (a, b)``."""
+    literals: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        literals.append(match.group())
+        return f"\x01{len(literals) - 1}\x02"
+
+    code = _CAST.sub("", _LITERAL.sub(keep, sql).lower()).replace('"', "").replace("!=", "<>")
+    for pattern, replacement in _OPERATORS:
+        code = pattern.sub(replacement, code)
+    code = re.sub(r"\s*,\s*", ", ", " ".join(code.split()))
+    code = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", code))
+    code = _ANY_ARRAY.sub(r" in (\1)", code)
+    previous = None
+    while previous != code:
+        previous, code = code, _TOKEN_IN_PARENS.sub(r"\1", code)
+    while code.startswith("(") and code.endswith(")") and _wraps(code):
+        code = code[1:-1].strip()
+    return re.sub(r"\x01(\d+)\x02", lambda m: literals[int(m.group(1))], code)
+
+
+def _wraps(code: str) -> bool:
+    """True when the first parenthesis closes at the very end (``(a) and (b)`` is not wrapped)."""
+    depth = 0
+    for i, char in enumerate(code):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return i == len(code) - 1
+    return False
+
+
+def _normalize_default(default: str | None) -> str | None:
+    if default is None:
+        return None
+    if "nextval(" in default.lower():
+        return "sequence"
+    value = normalize_sql(default)
+    if value in ("now()", "current_timestamp()", "transaction_timestamp()"):
+        return "current_timestamp"
+    if re.fullmatch(r"'-?\d+(\.\d+)?'", value):
+        return value[1:-1]
+    return value
+
+
+def _loose(ident: str) -> str:
+    """How ids are matched against ``expected``: case, whitespace and arrow spelling do not matter."""
+    return re.sub(r"\s+", "", ident.replace("→", "->")).casefold()
+
+
+def _check_key(expression: str) -> str:
+    """Check expressions match when equal without case, spaces and parentheses."""
+    return re.sub(r"[\s()]", "", expression.casefold())
+
+
+def _split(table: str) -> tuple[str | None, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or None), name
+
+
+def require_table(side: Side, role: str, check: str | None = None) -> str:
+    """The side's table name; an input error when it is a query (for ``check``) or does not exist."""
+    if side.table is None:
+        if check is None:
+            return ""
+        raise VerifyInputError(f"{role}.query", f"the {check} check compares tables, but the {role} is a query; "
+                                                f"name a table in {role}.table instead")
+    schema, name = _split(side.table)
+    if not inspect(side.engine).has_table(name, schema=schema):
+        raise VerifyInputError(f"{role}.table", f"table '{side.table}' does not exist in the {role} database")
+    return side.table
+
+
+def _pragma(engine: Engine, schema: str | None, pragma: str, argument: str) -> list[Any]:
+    sql = SqlText(engine)
+    prefix = f"{sql.ident(schema)}." if schema else ""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"PRAGMA {prefix}{pragma}({sql.ident(argument)})").all()
+        conn.rollback()
+    return rows
+
+
+def _declared_types(engine: Engine, table: str) -> dict[str, str]:
+    schema, name = _split(table)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
+            ), {"t": SqlText(engine).ident(table)}).all()
+            conn.rollback()
+        return {r[0]: r[1] for r in rows}
+    if engine.dialect.name == "sqlite":
+        return {r[1]: r[2] or "" for r in _pragma(engine, schema, "table_info", name)}
+    return {}
+
+
+def describe_columns(engine: Engine, table: str) -> list[ColumnInfo] | None:
+    """The table's columns in order, normalized (None when there is no such table)."""
+    schema, name = _split(table)
+    insp = inspect(engine)
+    try:
+        reflected = insp.get_columns(name, schema=schema)
+    except sa_exc.NoSuchTableError:
+        return None
+    pk = insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    declared = _declared_types(engine, table)
+    columns = []
+    for col in reflected:
+        spelled = declared.get(col["name"])
+        if spelled is None:
+            spelled = str(col["type"].compile(dialect=engine.dialect))
+        type_name = normalize_type(spelled)
+        default = _normalize_default(col.get("default"))
+        rowid_alias = engine.dialect.name == "sqlite" and pk == [col["name"]] and spelled.upper() == "INTEGER"
+        if col.get("identity") or rowid_alias:
+            default = "sequence"
+        columns.append(ColumnInfo(col["name"], type_name, type_category(type_name, col["type"]),
+                                  bool(col["nullable"]) and col["name"] not in pk, default))
+    return columns
+
+
+def _split_top_level(sql: str, start: int) -> tuple[list[str], int]:
+    """Comma-separated items of the parenthesized list opening at ``sql[start]``, and the index after it."""
+    items, depth, quote, current = [], 0, "", ""
+    for i in range(start, len(sql)):
+        char = sql[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"`[":
+            quote = "]" if char == "[" else char
+        elif char == "(":
+            depth += 1
+            if depth == 1:
+                continue
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return [*items, current.strip()], i + 1
+        elif char == "," and depth == 1:
+            items.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*items, current.strip()], len(sql)
+
+
+def _element(raw: str, columns: dict[str, str], sorting: tuple[str, ...] = ()) -> str:
+    """One index element: a column name as the table spells it, or a normalized expression."""
+    descending = "desc" in sorting
+    match = re.fullmatch(r"(.*?)\s+(asc|desc)", raw.strip(), re.IGNORECASE | re.DOTALL)
+    if match:
+        raw, descending = match.group(1), match.group(2).lower() == "desc"
+    bare = raw.strip().strip('"`[]')
+    shown = columns.get(bare.casefold()) or normalize_sql(raw)
+    extras = [s.replace("_", " ") for s in sorting if s.startswith("nulls")]
+    return " ".join([shown, *(["desc"] if descending else []), *extras])
+
+
+def _sqlite_indexes(engine: Engine, table: str, columns: dict[str, str]) -> list[IndexInfo]:
+    schema, name = _split(table)
+    master = f"{SqlText(engine).ident(schema)}.sqlite_master" if schema else "sqlite_master"
+    found = []
+    for row in _pragma(engine, schema, "index_list", name):
+        index_name, unique, origin = row[1], bool(row[2]), row[3]
+        if origin != "c":
+            continue  # pk / unique constraints are compared as constraints
+        with engine.connect() as conn:
+            sql = conn.exec_driver_sql(f"SELECT sql FROM {master} WHERE type = 'index' AND name = ?",
+                                       (index_name,)).scalar() or ""
+            conn.rollback()
+        on = re.search(r"\sON\s", sql, re.IGNORECASE)
+        opening = sql.find("(", on.end()) if on else -1
+        if opening < 0:
+            continue
+        items, end = _split_top_level(sql, opening)
+        rest = sql[end:].strip()
+        where = normalize_sql(rest[5:]) if rest[:5].upper() == "WHERE" else None
+        found.append(IndexInfo(index_name, tuple(_element(i, columns) for i in items), unique, where))
+    return found
+
+
+def describe_indexes(engine: Engine, table: str) -> list[IndexInfo]:
+    """Indexes that are not the backing index of a primary key or unique constraint."""
+    schema, name = _split(table)
+    columns = {c["name"].casefold(): c["name"] for c in inspect(engine).get_columns(name, schema=schema)}
+    if engine.dialect.name == "sqlite":
+        return _sqlite_indexes(engine, table, columns)
+    found = []
+    for index in inspect(engine).get_indexes(name, schema=schema):
+        if index.get("duplicates_constraint"):
+            continue
+        expressions = index.get("expressions") or index["column_names"]
+        sorting = index.get("column_sorting") or {}
+        elements = tuple(_element(str(e), columns, tuple(sorting.get(e, ()))) for e in expressions)
+        where = next((v for k, v in (index.get("dialect_options") or {}).items() if k.endswith("_where")), None)
+        found.append(IndexInfo(index["name"], elements, bool(index["unique"]),
+                               normalize_sql(str(where)) if where is not None else None))
+    return found
+
+
+def _foreign_keys(engine: Engine, table: str) -> list[ForeignKey]:
+    schema, name = _split(table)
+    insp = inspect(engine)
+    if engine.dialect.name == "sqlite":  # the pragma knows ON DELETE of inline REFERENCES, the reflection does not
+        grouped: dict[int, list[Any]] = {}
+        for row in _pragma(engine, schema, "foreign_key_list", name):
+            grouped.setdefault(row[0], []).append(row)
+        keys = []
+        for rows in grouped.values():
+            rows.sort(key=lambda r: r[1])
+            referred_cols = [r[4] for r in rows]
+            if any(c is None for c in referred_cols):
+                referred_cols = insp.get_pk_constraint(rows[0][2], schema=schema).get("constrained_columns") or []
+            keys.append(ForeignKey(tuple(r[3] for r in rows), f"{rows[0][2]}({', '.join(referred_cols)})",
+                                   rows[0][6].lower(), rows[0][5].lower()))
+        return keys
+    keys = []
+    for fk in insp.get_foreign_keys(name, schema=schema):
+        referred = (f"{fk['referred_schema']}." if fk.get("referred_schema") else "") + fk["referred_table"]
+        options = fk.get("options") or {}
+        keys.append(ForeignKey(tuple(fk["constrained_columns"]), f"{referred}({', '.join(fk['referred_columns'])})",
+                               (options.get("ondelete") or "no action").lower(),
+                               (options.get("onupdate") or "no action").lower()))
+    return keys
+
+
+def _unique_constraints(engine: Engine, table: str) -> list[tuple[str, ...]]:
+    schema, name = _split(table)
+    if engine.dialect.name == "sqlite":  # the pragma also sees column-level UNIQUE, the reflection does not
+        return [tuple(r[2] for r in sorted(_pragma(engine, schema, "index_info", row[1]), key=lambda r: r[0]))
+                for row in _pragma(engine, schema, "index_list", name) if row[3] == "u"]
+    return [tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints(name, schema=schema)]
+
+
+def describe_constraints(engine: Engine, table: str) -> dict[str, Any]:
+    """Primary key, foreign keys, unique constraints and check constraints (normalized), names left out."""
+    schema, name = _split(table)
+    insp = inspect(engine)
+    pk = insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    return {
+        "primary_key": tuple(pk),
+        "foreign_keys": _foreign_keys(engine, table),
+        "uniques": _unique_constraints(engine, table),
+        "checks": [normalize_sql(c["sqltext"]) for c in insp.get_check_constraints(name, schema=schema)],
+    }
+
+
+def on_both_sides(fn: Callable[[Side, str], T], source: Side, target: Side) -> tuple[T, T]:
+    """``fn(source, "source")`` and ``fn(target, "target")``, concurrently (in-memory SQLite: one after the
+    other, each thread would get its own empty database)."""
+    if any(s.dialect == "sqlite" and s.engine.url.database in (None, "", ":memory:") for s in (source, target)):
+        return fn(source, "source"), fn(target, "target")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+        first, second = pool.submit(fn, source, "source"), pool.submit(fn, target, "target")
+        return first.result(), second.result()
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 'es' if word.endswith('x') else 's'}"
+
+
+def finish(check: str, found: list[tuple[str, Difference]], expected: list[str] | None, source: str, target: str,
+           started: float, notes: list[str] | None = None) -> CheckResult:
+    """The result of a structure check: differences whose id is in ``expected`` are accepted."""
+    wanted = {_loose(e): e for e in expected or []}
+    unexpected = [(i, d) for i, d in found if _loose(i) not in wanted]
+    accepted = [i for i, _ in found if _loose(i) in wanted]
+    not_found = [e for k, e in wanted.items() if k not in {_loose(i) for i in accepted}]
+    parts = []
+    if unexpected:
+        parts.append(f"{_plural(len(unexpected), 'unexpected difference')}: "
+                     + "; ".join(i for i, _ in unexpected[:10]) + ("; …" if len(unexpected) > 10 else ""))
+    if accepted:
+        parts.append(f"{_plural(len(accepted), 'expected difference')} found: " + "; ".join(accepted))
+    if not_found:
+        parts.append("warning: expected but not found: " + "; ".join(not_found))
+    if not found:
+        parts.append("no differences")
+    parts += notes or []
+    return CheckResult(check=check, passed=not unexpected, source=source, target=target, detail=". ".join(parts),
+                       seconds=round(time.monotonic() - started, 3),
+                       differences=[d for _, d in unexpected[:MAX_REPORTED]], total_differences=len(unexpected))
+
+
+def _only(kind: str, ident: str, in_source: bool, **fields: Any) -> tuple[str, Difference]:
+    full = f"{ident}: only in {'source' if in_source else 'target'}"
+    return full, Difference(kind, detail=full, **fields)
+
+
+def _changed(kind: str, ident: str, what: str, before: Any, after: Any, **fields: Any) -> tuple[str, Difference]:
+    full = f"{ident}: {what}{' ' if what else ''}{before} -> {after}"
+    return full, Difference(kind, source=before, target=after, detail=full, **fields)
+
+
+def _multiset(kind: str, source: list[str], target: list[str]) -> list[tuple[str, Difference]]:
+    src, tgt = Counter(source), Counter(target)
+    return ([_only(kind, i, True) for i in sorted((src - tgt).elements())]
+            + [_only(kind, i, False) for i in sorted((tgt - src).elements())])
+
+
+def schemas(source: Side, target: Side, expected: list[str] | None = None) -> CheckResult:
+    """Compare the two tables' columns: names, normalized types, nullability and (loosely) defaults."""
+    started = time.monotonic()
+
+    def read(side: Side, role: str) -> list[ColumnInfo]:
+        return describe_columns(side.engine, require_table(side, role, "schemas")) or []
+
+    src_cols, tgt_cols = on_both_sides(read, source, target)
+    src, tgt = {c.name: c for c in src_cols}, {c.name: c for c in tgt_cols}
+    found = [_only("schema", f"column {n}", True, column=n) for n in src if n not in tgt]
+    found += [_only("schema", f"column {n}", False, column=n) for n in tgt if n not in src]
+    for name in (n for n in src if n in tgt):
+        a, b = src[name], tgt[name]
+        if a.type != b.type:
+            found.append(_changed("schema", f"column {name}", "type", a.type, b.type, column=name))
+        if a.nullable != b.nullable:
+            found.append(_changed("schema", f"column {name}", "", *(("nullable", "not null") if a.nullable
+                                                                      else ("not null", "nullable")), column=name))
+        if a.default != b.default:
+            found.append(_changed("schema", f"column {name}", "default", a.default or "none", b.default or "none",
+                                  column=name))
+    shared = [n for n in src if n in tgt]
+    notes = [] if shared == [n for n in tgt if n in src] else ["column order differs (not compared)"]
+    return finish("schemas", found, expected, _plural(len(src), "column"), _plural(len(tgt), "column"), started, notes)
+
+
+def indexes(source: Side, target: Side, expected: list[str] | None = None) -> CheckResult:
+    """Compare indexes by columns/expressions, uniqueness and partial predicate; names are not compared."""
+    started = time.monotonic()
+
+    def read(side: Side, role: str) -> list[IndexInfo]:
+        return describe_indexes(side.engine, require_table(side, role, "indexes"))
+
+    src, tgt = on_both_sides(read, source, target)
+    found = _multiset("index", [i.id for i in src], [i.id for i in tgt])
+    notes = []
+    tgt_names = {i.id: i.name for i in tgt}
+    renamed = [f"{i.name} -> {tgt_names[i.id]}" for i in src if i.id in tgt_names and i.name != tgt_names[i.id]]
+    if renamed:
+        notes.append("index names differ (not compared): " + ", ".join(renamed))
+    return finish("indexes", found, expected, _plural(len(src), "index"), _plural(len(tgt), "index"), started, notes)
+
+
+def constraints(source: Side, target: Side, expected: list[str] | None = None) -> CheckResult:
+    """Compare primary key, foreign keys (with ON DELETE/UPDATE), unique and check constraints."""
+    started = time.monotonic()
+
+    def read(side: Side, role: str) -> dict[str, Any]:
+        return describe_constraints(side.engine, require_table(side, role, "constraints"))
+
+    src, tgt = on_both_sides(read, source, target)
+    found: list[tuple[str, Difference]] = []
+    if src["primary_key"] != tgt["primary_key"]:
+        found += [_only("constraint", f"primary key ({', '.join(pk)})", role == "source")
+                  for role, pk in (("source", src["primary_key"]), ("target", tgt["primary_key"])) if pk]
+    src_fks, tgt_fks = {f.id: f for f in src["foreign_keys"]}, {f.id: f for f in tgt["foreign_keys"]}
+    found += _multiset("constraint", [i for i in src_fks if i not in tgt_fks], [i for i in tgt_fks if i not in src_fks])
+    for ident in (i for i in src_fks if i in tgt_fks):
+        for what, attr in (("on delete", "on_delete"), ("on update", "on_update")):
+            before, after = getattr(src_fks[ident], attr), getattr(tgt_fks[ident], attr)
+            if before != after:
+                found.append(_changed("constraint", ident, what, before, after))
+    found += _multiset("constraint", [f"unique ({', '.join(u)})" for u in src["uniques"]],
+                       [f"unique ({', '.join(u)})" for u in tgt["uniques"]])
+    src_checks = {_check_key(c): c for c in src["checks"]}
+    tgt_checks = {_check_key(c): c for c in tgt["checks"]}
+    found += [_only("constraint", f"check ({c})", True) for k, c in src_checks.items() if k not in tgt_checks]
+    found += [_only("constraint", f"check ({c})", False) for k, c in tgt_checks.items() if k not in src_checks]
+
+    def summary(c: dict[str, Any]) -> str:
+        return _plural(bool(c["primary_key"]) + len(c["foreign_keys"]) + len(c["uniques"]) + len(c["checks"]),
+                       "constraint")
+
+    return finish("constraints", found, expected, summary(src), summary(tgt), started)
