@@ -70,7 +70,7 @@ def test_mapped_backfill_copies_everything_across_databases(pg_database, legacy_
     assert prefs == [('{"theme": "solarized", "notifications_enabled": true}',)]
     applied = query(pg_database.sqlalchemy_url, "SELECT step_id, status FROM airflow_migrate_history "
                                                 "WHERE action = 'apply' ORDER BY id")
-    assert applied == [("create_users_v2", "applied"), ("copy_users", "applied")]
+    assert applied == [("create_users_v2", "applied"), ("copy_users", "applied"), ("verify_users_v2", "applied")]
 
 
 def test_failing_chunk_rolls_back_then_fixed_rerun_converges(pg_database, legacy_pg, run_plan):
