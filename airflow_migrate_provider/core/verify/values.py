@@ -75,8 +75,9 @@ def values_equal(source: Any, target: Any, rule: ColumnRule = _DEFAULT, kind: st
 
 
 def row_text(values: tuple[Any, ...] | list[Any], rules: list[ColumnRule], kinds: list[str | None]) -> str:
-    """One row as canonical text (columns separated by a unit separator)."""
-    return "\x1f".join(canonical(v, r, k) for v, r, k in zip(values, rules, kinds, strict=True))
+    """One row as unambiguous canonical text (NULL is not the text backslash-N; separators cannot collide)."""
+    return repr(tuple(None if v is None else canonical(v, r, k) for v, r, k in zip(values, rules, kinds,
+                                                                                      strict=True)))
 
 
 def _number(value: int | float | Decimal, rule: ColumnRule) -> str:
@@ -86,7 +87,7 @@ def _number(value: int | float | Decimal, rule: ColumnRule) -> str:
         number = Decimal(repr(value))
     else:
         number = Decimal(value)
-    if rule.numeric_scale is not None:
+    if rule.numeric_scale is not None and rule.float_epsilon is None:
         number = number.quantize(Decimal(1).scaleb(-rule.numeric_scale), rounding=ROUND_HALF_UP)  # as SQL rounds
     elif rule.float_epsilon is not None:
         # a grid as wide as epsilon: values close to each other share a text (a prefilter; the row-level
