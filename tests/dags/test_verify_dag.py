@@ -107,6 +107,17 @@ def test_a_changed_row_fails_verification_and_rolls_back(pg_database, legacy_pg,
                                                                        [([500], "name", "Mallory")])
 
 
+def test_a_verify_step_naming_a_missing_table_fails_safe(pg_database, legacy_pg, run_plan, caplog, capfd):
+    typo = {**VERIFY_USERS, "id": "verify_typo", "target": {"table": "users_v3"}}
+    dag_run = run_plan(plan_with("verify_typo", typo), pg_database)
+
+    assert dag_run.state == "failed"
+    assert states(dag_run)["steps.verify_typo"] == "failed"
+    assert states(dag_run)["rollback.revert_applied"] == "success"
+    logs = capfd.readouterr()
+    assert "steps.verify_typo.target.table: table 'users_v3' does not exist" in logs.out + logs.err + caplog.text
+
+
 def test_a_failing_expectation_fails_the_run(pg_database, legacy_pg, run_plan, reports):
     expect = {"kind": "verify", "id": "expect_users", "target": {"table": "users_v2"}, "checks": [],
               "expectations": {"suite": [

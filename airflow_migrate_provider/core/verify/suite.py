@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.summary import format_table
-from airflow_migrate_provider.core.verify.base import CheckResult, ColumnRule, Side
+from airflow_migrate_provider.core.verify.base import CheckResult, ColumnRule, Side, VerifySpecError
+from airflow_migrate_provider.errors import MigrateError
 from airflow_migrate_provider.plan.model import ColumnTolerance, CompareSide, VerifyStep
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,19 @@ def _html(data: dict[str, Any]) -> str:
 
 
 def run_verify_step(step: VerifyStep, source: Engine, target: Engine, plan_dir: Path | None = None) -> VerifyReport:
-    """Run every check the step declares, in order; a check that cannot run raises (fails safe)."""
+    """Run every check the step declares, in order; a check that cannot run raises (fails safe), naming the
+    plan field to edit (``steps.<id>.<field>: ...``)."""
+    try:
+        return _run_checks(step, source, target, plan_dir)
+    except MigrateError as exc:
+        if getattr(exc, "transient", False) or str(exc).startswith("steps."):
+            raise
+        if isinstance(exc, VerifySpecError) or type(exc).__name__ in ("ExpectationSuiteError", "BenchmarkError"):
+            raise VerifySpecError(f"steps.{step.id}.{exc}") from exc
+        raise
+
+
+def _run_checks(step: VerifyStep, source: Engine, target: Engine, plan_dir: Path | None) -> VerifyReport:
     t0 = time.monotonic()
     report = VerifyReport(step.id)
     tgt = side(target, step.target, "target")
