@@ -19,45 +19,31 @@ them at the end, also on error or Ctrl-C. The last line printed is machine-reada
 
 Usage::
 
-    /tmp/venv-dev/bin/python benchmarks/backfill.py --rows 100000      # smoke run, well under a minute
-    /tmp/venv-dev/bin/python benchmarks/backfill.py                    # 2,000,000 rows, a few minutes
+    .venv-test/bin/python benchmarks/backfill.py --rows 100000      # smoke run, well under a minute
+    .venv-test/bin/python benchmarks/backfill.py                    # 2,000,000 rows, a few minutes
+
+(any virtualenv with the package installed with its ``bench`` extra: ``pip install -e '.[tests,bench]'``)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import bench_support as bench
+
 STEP_ID = "copy_orders"
-RESULT_MARK = "BENCH_RESULT "
 EXECUTEMANY_BATCH = 1_000
 
-COLUMNS = "id, customer_id, status, note, payload, amount, created_at, updated_at"
-PG_DDL = """CREATE TABLE {name} (
-    id          bigint PRIMARY KEY,
-    customer_id int,
-    status      text,
-    note        text,
-    payload     jsonb,
-    amount      numeric(12,2),
-    created_at  timestamptz,
-    updated_at  timestamptz
-)"""
 SQLITE_DDL = """CREATE TABLE orders (
     id          INTEGER PRIMARY KEY,
     customer_id INTEGER,
@@ -68,25 +54,6 @@ SQLITE_DDL = """CREATE TABLE orders (
     created_at  TEXT,
     updated_at  TEXT
 )"""
-# server-side, deterministic, realistic-ish rows: notes of 40-80 varying characters, a JSON payload with a
-# number above 2**53 (it must not pass through a float), timestamps with milliseconds
-GENERATE = """
-INSERT INTO orders ({cols})
-SELECT g,
-       1 + (g * 7919) % 250000,
-       (ARRAY['new', 'paid', 'packed', 'shipped', 'delivered', 'cancelled', 'refunded'])[1 + (g * 31) % 7],
-       left(format('Order %s for customer %s: %s %s', g, 1 + (g * 7919) % 250000, md5(g::text),
-                   md5((g * 3)::text)), (40 + (g * 13) % 41)::int),
-       jsonb_build_object('sku', 'SKU-' || lpad(((g * 17) % 50000)::text, 5, '0'), 'qty', 1 + g % 9,
-                          'ext_ref', 9007199254740993 + g * 1000003, 'gift', g % 11 = 0,
-                          'channel', (ARRAY['web', 'app', 'store', 'phone'])[1 + g % 4]),
-       ((g * 104729) % 10000000) / 100.0,
-       ts,
-       ts + ((g * 97) % 172800) * interval '1 second'
-FROM generate_series(1::bigint, {rows}) AS g,
-     LATERAL (SELECT timestamptz '2021-01-01 00:00:00+00' + g * interval '15 seconds'
-                     + ((g * 7) % 1000) * interval '1 millisecond' AS ts) AS t
-"""
 LEDGER_TABLES = ("airflow_migrate_backfill", "airflow_migrate_history", "airflow_migrate_lock")
 
 
@@ -101,20 +68,6 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 def _rss_now_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _timed(owner: Any, name: str, totals: dict[str, list[float]]) -> None:
-    """Wrap ``owner.name`` (a class attribute) so each call's duration is appended to ``totals[name]``."""
-    original = getattr(owner, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals.setdefault(name, []).append(time.perf_counter() - t0)
-
-    setattr(owner, name, wrapper)
 
 
 def child_main(cfg: dict[str, Any]) -> None:
@@ -148,10 +101,10 @@ def child_main(cfg: dict[str, Any]) -> None:
     # timings per phase and per part of a batch (wrappers in this process only; the package is untouched)
     totals: dict[str, list[float]] = {}
     for name in ("start", "copy_chunk", "final_sync"):
-        _timed(runner_mod.BackfillRunner, name, totals)
+        bench.record_call_durations(runner_mod.BackfillRunner, name, totals)
     for name in ("copy_range", "_delete_range", "_pg_stream", "_write_rows"):
-        _timed(copier_mod.BatchCopier, name, totals)
-    _timed(state_mod.Checkpoints, "advance", totals)
+        bench.record_call_durations(copier_mod.BatchCopier, name, totals)
+    bench.record_call_durations(state_mod.Checkpoints, "advance", totals)
 
     source = create_engine(cfg["src"])
     target = create_engine(cfg["tgt"])
@@ -166,26 +119,11 @@ def child_main(cfg: dict[str, Any]) -> None:
     ledger.ensure()
     runner = StepRunner(target, dialect_for(target), ledger, RunIdentity(plan.id, cfg["run_id"]), plan=plan,
                         source=source)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    profiler = None
-    if cfg.get("profile"):
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
-    results = runner.apply_through(plan, STEP_ID)
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    if profiler is not None:
-        import io
-        import pstats
-
-        profiler.disable()
-        for sort in ("tottime", "cumulative"):
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(25)
-            print(f"--- cProfile of our copy, top 25 by {sort} ---\n{out.getvalue()}", file=sys.stderr)
+    rss_before = bench.peak_rss_mb()
+    with bench.profiled(cfg.get("profile", False), "copy", ("tottime", "cumulative")):
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        results = runner.apply_through(plan, STEP_ID)
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
 
     if results[-1].outcome != "applied":
         raise SystemExit(f"the backfill step did not apply: {results[-1]}")
@@ -197,101 +135,31 @@ def child_main(cfg: dict[str, Any]) -> None:
         "batch_seconds": [s for _, s in batches],
         "phases": {k: sum(v) for k, v in totals.items()},
         "calls": {k: len(v) for k, v in totals.items()},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": bench.peak_rss_mb(),
         "rss_before_copy_mb": rss_before,
         "rss_end_mb": _rss_now_mb(),
     }
     source.dispose()
     target.dispose()
-    print(RESULT_MARK + json.dumps(report), flush=True)
+    bench.send_result(report)
 
 
 # ------------------------------------------------------------------------------------------------------
 # parent: databases, references, report
 # ------------------------------------------------------------------------------------------------------
-@dataclass
-class Measure:
-    method: str
-    rows: int
-    runs: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)  # CPU seconds of the client process(es), per run
-    note: str = ""
+@dataclass(kw_only=True)
+class CopyMeasure(bench.Measure):
+    """A copy method's runs over ``rows`` rows, with the CPU seconds of its client process(es) per run."""
 
-    @property
-    def seconds(self) -> float:
-        return statistics.median(self.runs)
+    rows: int
+    cpu: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("inf")
 
 
-class Server:
-    """The PostgreSQL server of ``--pg-url``: URLs for libpq/psql and SQLAlchemy, admin statements."""
-
-    def __init__(self, admin_url: str):
-        from sqlalchemy.engine import make_url
-
-        self.admin_url = admin_url
-        self._url = make_url(admin_url)
-        if self._url.get_backend_name() != "postgresql":
-            raise SystemExit(f"--pg-url must be a postgresql:// URL, got {admin_url!r}")
-
-    def libpq(self, database: str) -> str:
-        return self._url.set(drivername="postgresql", database=database).render_as_string(hide_password=False)
-
-    def sqlalchemy(self, database: str) -> str:
-        url = self._url.set(drivername="postgresql+psycopg", database=database)
-        return url.render_as_string(hide_password=False)
-
-    def admin(self, *statements: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            for sql in statements:
-                conn.execute(sql)
-
-    def run(self, database: str, *statements: str, autocommit: bool = True) -> None:
-        import psycopg
-
-        with psycopg.connect(self.libpq(database), autocommit=autocommit) as conn:
-            for sql in statements:
-                conn.execute(sql)
-
-    def query(self, database: str, sql: str) -> tuple[Any, ...]:
-        import psycopg
-
-        with psycopg.connect(self.libpq(database)) as conn:
-            row = conn.execute(sql).fetchone()
-        assert row is not None
-        return tuple(row)
-
-
-@contextmanager
-def scratch_databases(server: Server) -> Iterator[tuple[str, str]]:
-    tag = f"bench_backfill_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    src, tgt = f"{tag}_src", f"{tag}_tgt"
-    created: list[str] = []
-    try:
-        for name in (src, tgt):
-            server.admin(f'CREATE DATABASE "{name}"')
-            created.append(name)
-        yield src, tgt
-    finally:
-        for name in created:
-            try:
-                server.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception as exc:
-                print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
-        if created:
-            print(f"dropped scratch databases {', '.join(created)}", file=sys.stderr)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fingerprint(server: Server, database: str, table: str, upto: int | None = None) -> tuple[int, int]:
+def fingerprint(server: bench.Server, database: str, table: str, upto: int | None = None) -> tuple[int, int]:
     """Row count and an order-independent hash of every row's text."""
     where = f" WHERE id <= {int(upto)}" if upto is not None else ""
     count, digest = server.query(database, f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) "
@@ -299,7 +167,7 @@ def fingerprint(server: Server, database: str, table: str, upto: int | None = No
     return int(count), int(digest)
 
 
-def prepare_target(server: Server, tgt: str, table: str) -> None:
+def prepare_target(server: bench.Server, tgt: str, table: str) -> None:
     """Empty the target table and forget earlier backfill runs, then flush dirty buffers (fair start)."""
     statements = [f"TRUNCATE {table}"]
     statements += [f"DO $$ BEGIN IF to_regclass('{t}') IS NOT NULL THEN DELETE FROM {t}; END IF; END $$"
@@ -308,7 +176,7 @@ def prepare_target(server: Server, tgt: str, table: str) -> None:
     server.admin("CHECKPOINT")
 
 
-def run_psql_pipe(server: Server, src: str, tgt: str) -> tuple[float, float]:
+def run_psql_pipe(server: bench.Server, src: str, tgt: str) -> tuple[float, float]:
     """Wall seconds and CPU seconds of the two psql processes."""
     base = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"]
     cpu0 = cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -329,25 +197,18 @@ def run_psql_pipe(server: Server, src: str, tgt: str) -> tuple[float, float]:
 
 
 def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)],
-                          stdout=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stdout)
-        raise SystemExit(f"our backfill child failed (exit code {proc.returncode})")
-    return json.loads(lines[-1][len(RESULT_MARK):])
+    return bench.run_child(__file__, cfg, "backfill")
 
 
-def run_executemany(server: Server, src: str, tgt: str, rows: int) -> tuple[float, float]:
+def run_executemany(server: bench.Server, src: str, tgt: str, rows: int) -> tuple[float, float]:
     """A naive copy: plain SELECT, then executemany(INSERT ... VALUES) and a commit per 1,000 rows."""
     import psycopg
     from psycopg.types.json import Jsonb
 
-    insert = f"INSERT INTO orders ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    insert = f"INSERT INTO orders ({bench.COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     with psycopg.connect(server.libpq(src)) as sconn, psycopg.connect(server.libpq(tgt)) as tconn:
-        read = sconn.execute(f"SELECT {COLUMNS} FROM orders WHERE id <= %s ORDER BY id", (rows,))
+        read = sconn.execute(f"SELECT {bench.COLUMNS} FROM orders WHERE id <= %s ORDER BY id", (rows,))
         with tconn.cursor() as cur:
             while batch := read.fetchmany(EXECUTEMANY_BATCH):
                 cur.executemany(insert, [(*r[:4], Jsonb(r[4]), *r[5:]) for r in batch])
@@ -355,7 +216,7 @@ def run_executemany(server: Server, src: str, tgt: str, rows: int) -> tuple[floa
     return time.perf_counter() - t0, cpu_seconds() - cpu0
 
 
-def repeat(measure: Measure, k: int, prepare: Callable[[], None], work: Callable[[int], tuple[float, float]]
+def repeat(measure: CopyMeasure, k: int, prepare: Callable[[], None], work: Callable[[int], tuple[float, float]]
            ) -> None:
     for i in range(k):
         prepare()
@@ -368,62 +229,46 @@ def fmt_rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def print_table(rows: list[Measure], reference: Measure) -> None:
+def print_copy_table(rows: list[CopyMeasure], reference: CopyMeasure) -> None:
     header = (f"{'method':<46} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'vs psql pipe':>13} "
               f"{'client CPU s':>13}  runs (s)")
-    print(header)
-    print("-" * len(header))
+    lines = []
     for m in rows:
-        runs = ", ".join(f"{r:.2f}" for r in m.runs)
         cpu = f"{statistics.median(m.cpu):.2f}" if m.cpu else "-"
-        print(f"{m.method:<46} {m.rows:>11,} {m.seconds:>9.2f} {fmt_rate(m.rate):>11} "
-              f"{m.rate / reference.rate:>12.2f}x {cpu:>13}  [{runs}]{'  ' + m.note if m.note else ''}")
+        lines.append(f"{m.method:<46} {m.rows:>11,} {m.seconds:>9.2f} {fmt_rate(m.rate):>11} "
+                     f"{m.rate / reference.rate:>12.2f}x {cpu:>13}  {m.runs_text}{'  ' + m.note if m.note else ''}")
+    bench.print_table(header, lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the source table (default 2,000,000)")
-    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="server/admin URL; two scratch databases are created on this server and dropped")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per method; medians are reported (default 3)")
+    parser = bench.benchmark_parser(__doc__, "rows in the source table (default 2,000,000)")
     parser.add_argument("--subset", type=int, default=None,
                         help="rows for executemany and the SQLite paths (default min(200,000, rows/10))")
     parser.add_argument("--skip-sqlite", action="store_true", help="skip the generic PG <-> SQLite paths")
     parser.add_argument("--profile", action="store_true",
                         help="also run our copy once under cProfile (not timed) and print its top functions")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child_main(json.loads(args.child))
-        return
-    if args.rows < 1000 or args.repeat < 1:
-        parser.error("--rows must be at least 1000 and --repeat at least 1")
-
-    def on_term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks that drop the databases
-
-    signal.signal(signal.SIGTERM, on_term)
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
-    server = Server(args.pg_url)
+    args = bench.parse_benchmark_args(parser, argv, min_rows=1_000, child_main=child_main)
+    clock = bench.BenchmarkClock()
+    server = bench.Server(args.pg_url)
     n, k = args.rows, args.repeat
     subset = min(args.subset or min(200_000, n // 10), n)
     quarter = n // 4
 
-    with scratch_databases(server) as (src, tgt):
-        log(f"source {src}, target {tgt}: generating {n:,} rows")
+    with bench.scratch_databases(server, "backfill") as (src, tgt):
+        bench.log(f"source {src}, target {tgt}: generating {n:,} rows")
         t0 = time.perf_counter()
-        server.run(src, PG_DDL.format(name="orders").replace(" PRIMARY KEY", ""))
-        server.run(src, GENERATE.format(cols=COLUMNS, rows=n), autocommit=False)
+        server.run(src, bench.create_table_sql("orders", primary_key=False))
+        server.run(src, bench.insert_rows_sql("orders", n), autocommit=False)
         server.run(src, "ALTER TABLE orders ADD PRIMARY KEY (id)", "VACUUM (ANALYZE) orders")
-        server.run(tgt, PG_DDL.format(name="orders"), PG_DDL.format(name="orders_sqlite"))
+        server.run(tgt, *(bench.create_table_sql(name, primary_key=True) for name in ("orders", "orders_sqlite")))
         source_print = fingerprint(server, src, "orders")
-        size = server.query(src, "SELECT pg_size_pretty(pg_total_relation_size('orders'))")[0]
-        log(f"source ready in {time.perf_counter() - t0:.1f} s ({size}); {k} repeat(s) per method")
+        size = server.table_size(src, "orders")
+        bench.log(f"source ready in {time.perf_counter() - t0:.1f} s ({size}); {k} repeat(s) per method")
 
-        pipe = Measure("psql text pipe (\\copy to stdout | from stdin)", n)
-        ours = Measure("ours: backfill step PG->PG (binary COPY)", n, note="apply_through, checkpoint per batch")
-        ours_p1 = Measure("ours: phase 1 only (copy_chunk)", n)
+        pipe = CopyMeasure(method="psql text pipe (\\copy to stdout | from stdin)", rows=n)
+        ours = CopyMeasure(method="ours: backfill step PG->PG (binary COPY)", rows=n,
+                           note="apply_through, checkpoint per batch")
+        ours_p1 = CopyMeasure(method="ours: phase 1 only (copy_chunk)", rows=n)
         ours_reports: list[dict[str, Any]] = []
 
         def pg_cfg(plan_id: str, **extra: Any) -> dict[str, Any]:
@@ -438,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             got = fingerprint(server, tgt, "orders")[0]
             if got != n:
                 raise SystemExit(f"the psql pipe copied {got:,} rows, expected {n:,}")
-            log(f"psql pipe run {i + 1}: {pipe.runs[-1]:.2f} s")
+            bench.log(f"psql pipe run {i + 1}: {pipe.runs[-1]:.2f} s")
 
             prepare_target(server, tgt, "orders")
             report = run_ours(pg_cfg(f"bench_pg_{i}"))
@@ -446,36 +291,36 @@ def main(argv: list[str] | None = None) -> None:
             ours.runs.append(report["seconds"])
             ours.cpu.append(report["cpu"])
             ours_p1.runs.append(report["phases"]["copy_chunk"])
-            log(f"ours run {i + 1}: {report['seconds']:.2f} s ({len(report['batches'])} batches, "
-                f"peak RSS {report['peak_rss_mb']:.1f} MB)")
+            bench.log(f"ours run {i + 1}: {report['seconds']:.2f} s ({len(report['batches'])} batches, "
+                      f"peak RSS {report['peak_rss_mb']:.1f} MB)")
             if i == 0:
                 copied = fingerprint(server, tgt, "orders")
                 if copied != source_print:
                     raise SystemExit(f"CORRECTNESS FAILURE: source (count, hash) {source_print} != target "
                                      f"{copied} after our backfill")
-                log(f"verified: {copied[0]:,} rows, hash {copied[1]} match the source")
+                bench.log(f"verified: {copied[0]:,} rows, hash {copied[1]} match the source")
 
         prepare_target(server, tgt, "orders")
         quarter_report = run_ours(pg_cfg("bench_pg_quarter", filter=f"id <= {quarter}"))
         if fingerprint(server, tgt, "orders")[0] != quarter:
             raise SystemExit("the quarter-rows backfill copied the wrong number of rows")
-        log(f"ours on {quarter:,} rows: {quarter_report['seconds']:.2f} s, "
-            f"peak RSS {quarter_report['peak_rss_mb']:.1f} MB")
+        bench.log(f"ours on {quarter:,} rows: {quarter_report['seconds']:.2f} s, "
+                  f"peak RSS {quarter_report['peak_rss_mb']:.1f} MB")
 
         if args.profile:
             prepare_target(server, tgt, "orders")
-            log("profiling our copy once (cProfile; not timed)")
+            bench.log("profiling our copy once (cProfile; not timed)")
             run_ours(pg_cfg("bench_pg_profile", profile=True))
 
-        naive = Measure(f"naive executemany ({EXECUTEMANY_BATCH:,}-row batches)", subset,
-                        note="commit per batch; rows/s extrapolated")
+        naive = CopyMeasure(method=f"naive executemany ({EXECUTEMANY_BATCH:,}-row batches)", rows=subset,
+                            note="commit per batch; rows/s extrapolated")
         repeat(naive, k, lambda: prepare_target(server, tgt, "orders"),
                lambda i: run_executemany(server, src, tgt, subset))
         if fingerprint(server, tgt, "orders") != fingerprint(server, src, "orders", subset):
             raise SystemExit("the executemany reference copied different rows")
-        log(f"executemany on {subset:,} rows: median {naive.seconds:.2f} s")
+        bench.log(f"executemany on {subset:,} rows: median {naive.seconds:.2f} s")
 
-        generic: list[Measure] = []
+        generic: list[CopyMeasure] = []
         if not args.skip_sqlite:
             generic = run_sqlite_paths(server, src, tgt, subset, k)
 
@@ -485,19 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"backfill benchmark: {n:,} rows ({size}), PostgreSQL -> PostgreSQL on {args.pg_url.split('@')[-1]}, "
           f"median of {k}")
     print()
-    print_table(measures, pipe)
+    print_copy_table(measures, pipe)
     print()
     print_details(ours_reports, quarter_report, quarter, n)
-    print(f"total benchmark time: {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, 1-minute load "
-          f"average {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end (other work on the machine adds "
-          f"noise: compare the runs)")
+    print(f"{clock.summary()} (other work on the machine adds noise: compare the runs)")
     print()
     print(f"backfill rows={n} ratio_vs_copy_pipe={ours.rate / pipe.rate:.2f} "
           f"ratio_vs_executemany={ours.rate / naive.rate:.2f} peak_rss_mb={peak:.1f}")
 
 
 def print_details(reports: list[dict[str, Any]], quarter_report: dict[str, Any], quarter: int, n: int) -> None:
-    median_run = sorted(reports, key=lambda r: r["seconds"])[len(reports) // 2]
+    median_run = bench.median_report(reports)
     phases, calls = median_run["phases"], median_run["calls"]
     sizes = median_run["batches"]
     batch_sum = phases.get("copy_range", 0.0)
@@ -514,7 +357,7 @@ def print_details(reports: list[dict[str, Any]], quarter_report: dict[str, Any],
           f"(after imports and connecting, before the copy: {median_run['rss_before_copy_mb']:.1f} MB)")
 
 
-def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) -> list[Measure]:
+def run_sqlite_paths(server: bench.Server, src: str, tgt: str, subset: int, k: int) -> list[CopyMeasure]:
     """The generic path: our backfill PG -> SQLite file, then that file -> PG; subset rows each."""
     import sqlite3
 
@@ -528,7 +371,8 @@ def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) ->
                 conn.execute(SQLITE_DDL)
             conn.close()
 
-        to_sqlite = Measure("ours: PG->SQLite file (generic path)", subset, note="SELECT + executemany INSERT")
+        to_sqlite = CopyMeasure(method="ours: PG->SQLite file (generic path)", rows=subset,
+                                note="SELECT + executemany INSERT")
 
         def pg_to_sqlite(i: int) -> tuple[float, float]:
             report = run_ours({"src": server.sqlalchemy(src), "tgt": f"sqlite:///{path}",
@@ -542,9 +386,10 @@ def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) ->
         conn.close()
         if got != subset:
             raise SystemExit(f"PG -> SQLite copied {got:,} rows, expected {subset:,}")
-        log(f"PG -> SQLite on {subset:,} rows: median {to_sqlite.seconds:.2f} s")
+        bench.log(f"PG -> SQLite on {subset:,} rows: median {to_sqlite.seconds:.2f} s")
 
-        from_sqlite = Measure("ours: SQLite file->PG (generic path)", subset, note="SELECT + text COPY")
+        from_sqlite = CopyMeasure(method="ours: SQLite file->PG (generic path)", rows=subset,
+                                  note="SELECT + text COPY")
 
         def sqlite_to_pg(i: int) -> tuple[float, float]:
             report = run_ours({"src": f"sqlite:///{path}", "tgt": server.sqlalchemy(tgt),
@@ -556,8 +401,8 @@ def run_sqlite_paths(server: Server, src: str, tgt: str, subset: int, k: int) ->
         # the round trip PG -> SQLite -> PG should give back the same rows (same text of every row)
         same = fingerprint(server, tgt, "orders_sqlite") == fingerprint(server, src, "orders", subset)
         from_sqlite.note += "; round trip " + ("identical" if same else "DIFFERS from the source rows")
-        log(f"SQLite -> PG on {subset:,} rows: median {from_sqlite.seconds:.2f} s; round trip "
-            f"{'identical' if same else 'DIFFERS'}")
+        bench.log(f"SQLite -> PG on {subset:,} rows: median {from_sqlite.seconds:.2f} s; round trip "
+                  f"{'identical' if same else 'DIFFERS'}")
     return [to_sqlite, from_sqlite]
 
 
