@@ -196,7 +196,16 @@ class StepRunner:
             resume_from = previous.progress  # a non-transactional step stopped part way
             log.info("step '%s' resumes after statement %d of %d (stopped in %s)", step.id, resume_from,
                      len(actions.up), previous.by)
-        return self._run(step.id, "apply", checksum, actions, actions.up, actions.verify, resume_from)
+        try:
+            return self._run(step.id, "apply", checksum, actions, actions.up, actions.verify, resume_from)
+        except StepFailed:
+            # Tasks of one run may race to re-apply a step a rollback reverted (several cleared chunk tasks
+            # of a backfill, say): if another one applied it meanwhile, this one has nothing left to do.
+            now = self.ledger.applied().get(step.id)
+            if now is not None and now.status == "applied" and now.checksum == checksum:
+                log.info("step '%s' was applied meanwhile by %s; nothing to do", step.id, now.by)
+                return StepResult(step.id, "already_applied")
+            raise
 
     def apply_through(self, plan: Plan, step_id: str) -> list[StepResult]:
         """Bring the target to the state right after ``step_id``: apply, in plan order, every step up to it

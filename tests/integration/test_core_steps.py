@@ -274,3 +274,39 @@ def test_plan_sql_is_run_verbatim_percent_and_question_marks_included(engine, da
     _, runner = runner_for(engine, plan.id, who())
 
     assert runner.apply(plan.steps[0]).outcome == "applied"
+
+
+def test_a_step_another_task_of_the_run_applied_meanwhile_is_not_applied_twice(engine):
+    seed_start(engine)
+    plan = make_plan("""
+  - id: create_audit
+    up: CREATE TABLE audit (id INTEGER PRIMARY KEY)
+    down: DROP TABLE audit
+    verify: SELECT count(*) = 0 FROM audit
+""")
+    ledger, first = runner_for(engine, plan.id, who(try_number=1))
+    _, second = runner_for(engine, plan.id, who(try_number=2))
+    step = plan.steps[0]
+    real_applied = second.ledger.applied
+    stale_views = [{}]  # the second task's first look: before the first task committed
+    second.ledger.applied = lambda: stale_views.pop() if stale_views else real_applied()
+
+    first.apply(step)
+    result = second.apply(step)  # its CREATE TABLE fails: the table exists, applied by the first task
+
+    assert result.outcome == "already_applied"
+    assert [(r.action, r.status) for r in ledger.rows()] == [("apply", "applied"), ("apply", "failed")]
+    assert set(ledger.applied()) == {"create_audit"}
+
+
+def test_a_failing_step_still_fails_when_nobody_else_applied_it(engine):
+    seed_start(engine)
+    plan = make_plan("""
+  - id: create_customers_again
+    up: CREATE TABLE customers (id INTEGER PRIMARY KEY)
+    down: DROP TABLE customers
+    verify: SELECT 1
+""")
+    _, runner = runner_for(engine, plan.id, who())
+    with pytest.raises(StepFailed):
+        runner.apply(plan.steps[0])
