@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from airflow_migrate_provider.core.summary import worst_state
+
 
 def use_airflow_home(home: str | Path | None = None) -> Path:
     """Point Airflow at ``home`` (a fresh temporary one by default) with a SQLite metadata DB."""
@@ -58,10 +60,6 @@ def run_dag(dag: Any, **kwargs: Any) -> Any:
     return dag.test(**kwargs)
 
 
-_WORST_FIRST = ("failed", "upstream_failed", "up_for_retry", "running", "deferred", "queued", "scheduled", "None",
-                "skipped", "success")
-
-
 def task_states(dag_run: Any) -> dict[str, str]:
     """{task_id: state}; a mapped task (one instance per chunk) shows its worst instance's state and the
     count of instances per state, e.g. ``failed (3 success, 1 failed)``."""
@@ -70,7 +68,7 @@ def task_states(dag_run: Any) -> dict[str, str]:
         by_task.setdefault(ti.task_id, []).append(str(ti.state))
     states = {}
     for task_id, found in by_task.items():
-        worst = min(found, key=lambda s: _WORST_FIRST.index(s) if s in _WORST_FIRST else len(_WORST_FIRST))
+        worst = worst_state(found)
         counts = ", ".join(f"{found.count(s)} {s}" for s in sorted(set(found), key=found.index))
         states[task_id] = worst if len(found) == 1 else f"{worst} ({counts})"
     return states

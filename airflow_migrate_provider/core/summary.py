@@ -5,7 +5,15 @@ from __future__ import annotations
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.plan.model import Plan
 
-_WORST_FIRST = {"failed": 0, "upstream_failed": 1, "up_for_retry": 2, "running": 3, "skipped": 4, "success": 5}
+TASK_STATES_WORST_FIRST = ("failed", "upstream_failed", "up_for_retry", "running", "deferred", "queued",
+                           "scheduled", "None", "skipped", "success")
+
+
+def worst_state(states: list[str]) -> str:
+    """The state that says most about a group of task instances (a mapped task, a step's tasks): failures
+    first, success last; states not listed rank after all others."""
+    order = TASK_STATES_WORST_FIRST
+    return min(states, key=lambda s: order.index(s) if s in order else len(order))
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -27,6 +35,6 @@ def run_summary_table(plan: Plan, ledger: Ledger, who: RunIdentity, task_states:
                             for r in done) or "-"
         state = "applied" if step.id in applied else "not applied"
         tasks = [s for t, s in task_states.items() if t == f"steps.{step.id}" or t.startswith(f"steps.{step.id}.")]
-        task_state = min(tasks, key=lambda s: _WORST_FIRST.get(s, 9)) if tasks else "-"
+        task_state = worst_state(tasks) if tasks else "-"
         rows.append([step.id, task_state, state, actions])
     return format_table(["step", "task", "in target", "this run"], rows)

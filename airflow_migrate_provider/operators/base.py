@@ -17,13 +17,12 @@ from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
 from airflow_migrate_provider.core.steps import StepRunner
+from airflow_migrate_provider.core.summary import worst_state
 from airflow_migrate_provider.errors import MigrateError
 from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.plan.model import Plan
 
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
-_WORST_FIRST = {"failed": 0, "upstream_failed": 1, "up_for_retry": 2, "running": 3, "deferred": 3, "queued": 4,
-                "scheduled": 5, "None": 6, "skipped": 7, "success": 8}
 
 
 def airflow_error(exc: MigrateError) -> AirflowException:
@@ -53,6 +52,11 @@ class MigrationOperator(BaseOperator):
     def open_target(self) -> tuple[Engine, Dialect]:
         return MigrationHook(self.plan.connections.target).get_engine_and_dialect()
 
+    def open_source(self) -> Engine | None:
+        """The source database's engine, or None when the plan's source is its target."""
+        conn_id = self.plan.connections.separate_source
+        return MigrationHook(conn_id).get_engine() if conn_id else None
+
     @contextmanager
     def runner(self, context: Context) -> Iterator[StepRunner]:
         """A step runner holding this run's lock, renewed in the background while the task works."""
@@ -60,8 +64,7 @@ class MigrationOperator(BaseOperator):
         engine, dialect = self.open_target()
         source = None
         try:
-            if plan.connections.separate_source:
-                source = MigrationHook(plan.connections.separate_source).get_engine()
+            source = self.open_source()
             ledger = Ledger(engine, plan.id)
             lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)
             if lease.took_over_from:
@@ -98,10 +101,7 @@ class MigrationOperator(BaseOperator):
         its worst instance's state, so one failed chunk counts as the task failing."""
         ti = context["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=task_ids)
-        folded: dict[str, str] = {}
+        by_task: dict[str, list[str]] = {}
         for key, value in states.get(ti.run_id, {}).items():
-            task_id = key if key in task_ids else key.rpartition("_")[0]
-            state = str(value)
-            if task_id not in folded or _WORST_FIRST.get(state, 9) < _WORST_FIRST.get(folded[task_id], 9):
-                folded[task_id] = state
-        return folded
+            by_task.setdefault(key if key in task_ids else key.rpartition("_")[0], []).append(str(value))
+        return {task_id: worst_state(found) for task_id, found in by_task.items()}

@@ -12,7 +12,6 @@ from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.steps import step_checksum
 from airflow_migrate_provider.core.verify.gate import health_gate, load_baseline
 from airflow_migrate_provider.errors import VerificationFailed
-from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.operators.base import MigrationOperator
 from airflow_migrate_provider.plan.model import HealthGateStep
 
@@ -79,8 +78,7 @@ class HealthGateOperator(MigrationOperator):
 
     def _engines(self) -> dict[str, Any]:
         target, _ = self.open_target()
-        source_id = self.plan.connections.separate_source
-        return {"target": target, "source": MigrationHook(source_id).get_engine() if source_id else target}
+        return {"target": target, "source": self.open_source() or target}
 
     def _record(self, ledger: Ledger, who: Any, status: str, details: dict[str, Any]) -> None:
         step = self.step

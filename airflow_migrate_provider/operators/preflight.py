@@ -7,7 +7,6 @@ from airflow.sdk import Context
 from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.preflight import run_preflight
 from airflow_migrate_provider.core.verify.gate import capture_baselines
-from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.operators.base import MigrationOperator
 from airflow_migrate_provider.plan.model import HealthGateStep
 
@@ -20,11 +19,11 @@ class PreflightOperator(MigrationOperator):
         target, _ = self.open_target()
         source = None
         try:
-            if plan.connections.separate_source:
-                source = MigrationHook(plan.connections.separate_source).get_engine()
-            report = run_preflight(plan, target, Ledger(target, plan.id), who, source)
+            source = self.open_source()
+            ledger = Ledger(target, plan.id)
+            report = run_preflight(plan, target, ledger, who, source)
             if any(isinstance(step, HealthGateStep) for step in plan.steps):
-                capture_baselines(plan, {"target": target, "source": source or target}, Ledger(target, plan.id), who)
+                capture_baselines(plan, {"target": target, "source": source or target}, ledger, who)
                 report.passed.append("health baselines recorded")
         finally:
             target.dispose()
