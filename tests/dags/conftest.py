@@ -23,3 +23,16 @@ def run_plan(airflow_db, monkeypatch) -> Callable[..., Any]:
         return run_dag(build_dag(plan), **kwargs)
 
     return run
+
+
+@pytest.fixture
+def legacy_pg(pg_database_factory, monkeypatch):
+    """A separate source database (connection `legacy_db`) holding the seeded users table."""
+    from e2e_support import seed
+
+    from airflow_migrate_provider.local_run import connection_env_name
+
+    with pg_database_factory() as source:
+        seed(source)
+        monkeypatch.setenv(connection_env_name("legacy_db"), source.airflow_uri)
+        yield source

@@ -26,12 +26,28 @@ def seed(db: Any) -> None:
     if db.dialect == "sqlite":
         seed_demo_database(Path(db.sqlalchemy_url.removeprefix("sqlite:///")), users=USERS)
         return
-    eng = create_engine(db.sqlalchemy_url)
+    execute(db.sqlalchemy_url, *(s for s in PG_SEED.split(";") if s.strip()))
+
+
+def execute(url: str, *statements: str) -> None:
+    """Run statements in one transaction on the database at ``url``."""
+    eng = create_engine(url)
     with eng.begin() as conn:
-        for statement in PG_SEED.split(";"):
-            if statement.strip():
-                conn.execute(text(statement))
+        for statement in statements:
+            conn.execute(text(statement))
     eng.dispose()
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    eng = create_engine(url)
+    with eng.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text(sql))]
+    eng.dispose()
+    return rows
+
+
+def scalar(url: str, sql: str) -> Any:
+    return query(url, sql)[0][0]
 
 
 def example_plan(dialect: str, mutate: Callable[[dict], None] | None = None) -> dict:

@@ -8,45 +8,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import FIXED_DATE, PG_SEED, states
-from sqlalchemy import create_engine, text
+from e2e_support import FIXED_DATE, execute, query, states
 
 from airflow_migrate_provider.demo import example_plan_path, seed_demo_database
-from airflow_migrate_provider.local_run import connection_env_name
 
 pytestmark = [pytest.mark.dag, pytest.mark.timeout(240)]
 PG_PLAN = Path(__file__).resolve().parents[2] / "dags" / "plans" / "backfill_users_pg.yaml"
 BAD_NAME = "CASE WHEN id = 777 THEN name || (1 / (id - 777))::text ELSE name END"  # fails in chunk 4 only
 
 
-def execute(url: str, *statements: str) -> None:
-    eng = create_engine(url)
-    with eng.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    eng.dispose()
-
-
-def query(url: str, sql: str) -> list[tuple]:
-    eng = create_engine(url)
-    with eng.connect() as conn:
-        rows = [tuple(r) for r in conn.execute(text(sql))]
-    eng.dispose()
-    return rows
-
-
 def users_digest(url: str, table: str) -> list[tuple]:
     return query(url, f"SELECT count(*), sum(hashtextextended(id::text || email || coalesce(name, '') || "
                       f"updated_at::text, 0)) FROM {table}")
-
-
-@pytest.fixture
-def legacy_pg(pg_database_factory, monkeypatch):
-    """A separate source database (connection `legacy_db`) holding the seeded users table."""
-    with pg_database_factory() as source:
-        execute(source.sqlalchemy_url, *[s for s in PG_SEED.split(";") if s.strip()])
-        monkeypatch.setenv(connection_env_name("legacy_db"), source.airflow_uri)
-        yield source
 
 
 def pg_plan(plan_id: str, **step_changes) -> dict:

@@ -12,37 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import PG_SEED, states
-from sqlalchemy import create_engine, text
-
-from airflow_migrate_provider.local_run import connection_env_name
+from e2e_support import scalar, states
 
 pytestmark = [pytest.mark.dag, pytest.mark.timeout(240)]
 PG_PLAN = Path(__file__).resolve().parents[2] / "dags" / "plans" / "backfill_users_pg.yaml"
-
-
-def execute(url: str, *statements: str) -> None:
-    eng = create_engine(url)
-    with eng.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement))
-    eng.dispose()
-
-
-def scalar(url: str, sql: str):
-    eng = create_engine(url)
-    with eng.connect() as conn:
-        value = conn.execute(text(sql)).scalar()
-    eng.dispose()
-    return value
-
-
-@pytest.fixture
-def legacy_pg(pg_database_factory, monkeypatch):
-    with pg_database_factory() as source:
-        execute(source.sqlalchemy_url, *[s for s in PG_SEED.split(";") if s.strip()])
-        monkeypatch.setenv(connection_env_name("legacy_db"), source.airflow_uri)
-        yield source
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ the ledger and checkpoint tables the way a user inspecting the target would.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +76,6 @@ def open_pair(kind: str, pg_urls: list[str] | None, tmp_path: Path) -> Iterator[
     finally:
         for engine in engines:
             engine.dispose()
-
-
-@contextmanager
-def pg_databases(pg_database_factory: Any, n: int = 2) -> Iterator[list[str]]:
-    """``n`` PostgreSQL databases (SQLAlchemy URLs) for a module's tests to share through :func:`open_pair`."""
-    with ExitStack() as stack:
-        yield [stack.enter_context(pg_database_factory()).sqlalchemy_url for _ in range(n)]
 
 
 def backfill_plan(*steps: dict[str, Any], plan_id: str = PLAN_ID) -> Plan:

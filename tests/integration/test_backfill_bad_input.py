@@ -17,7 +17,6 @@ from backfill_it_support import (
     history,
     insert_rows,
     open_pair,
-    pg_databases,
     run_sql,
     runner_for,
 )
@@ -29,12 +28,6 @@ from airflow_migrate_provider.plan.model import Plan
 
 STEP = "copy_users"
 FIELD = f"steps.{STEP}"
-
-
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory):
-    with pg_databases(pg_database_factory) as urls:
-        yield urls
 
 
 @pytest.fixture(params=["pg", "sqlite"])

@@ -26,7 +26,6 @@ from backfill_it_support import (
     history,
     insert_rows,
     open_pair,
-    pg_databases,
     run_sql,
     runner_for,
 )
@@ -208,11 +207,6 @@ def assert_same_rows(actual: dict[Any, Any], expected: dict[Any, Any]) -> None:
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory):
-    with pg_databases(pg_database_factory) as urls:
-        yield urls
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from backfill_it_support import (
     history,
     insert_rows,
     open_pair,
-    pg_databases,
     run_sql,
     runner_for,
 )
@@ -29,12 +28,6 @@ ROWS = 2_000
 STEP = "copy_users"
 LAG_RULE = {"name": "lag", "query": "SELECT v FROM throttle_metric", "max": 5, "pause_seconds": 0.01,
             "max_pause_seconds": 0.05}
-
-
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory):
-    with pg_databases(pg_database_factory) as urls:
-        yield urls
 
 
 @pytest.fixture(params=["pg-pg", "sqlite-same"])

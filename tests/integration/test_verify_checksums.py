@@ -68,13 +68,6 @@ class Db:
         return pg if self.pg else sqlite
 
 
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory) -> Iterator[tuple[str, str]]:
-    """Two PostgreSQL databases for the whole module (tables get unique names per test)."""
-    with pg_database_factory() as a, pg_database_factory() as b:
-        yield a.sqlalchemy_url, b.sqlalchemy_url
-
-
 def _engine(kind: str, request: pytest.FixtureRequest, tmp_path: Path, index: int) -> sa.Engine:
     if kind == "pg":
         return sa.create_engine(request.getfixturevalue("pg_urls")[index])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -78,12 +77,6 @@ def _engine(url: str) -> Engine:
     if engine.dialect.name == "postgresql":
         run(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
     return engine
-
-
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(pg_database_factory()).sqlalchemy_url for _ in range(2)]
 
 
 @pytest.fixture(params=["pg-pg", "sqlite-sqlite", "pg-sqlite", "sqlite-pg"])

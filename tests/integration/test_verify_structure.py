@@ -8,7 +8,6 @@ compare a PostgreSQL table with its SQLite equivalent.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
@@ -56,12 +55,6 @@ def run(engine: Engine, *statements: str) -> None:
     with engine.begin() as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)
-
-
-@pytest.fixture(scope="module")
-def pg_urls(pg_database_factory) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(pg_database_factory()).sqlalchemy_url for _ in range(2)]
 
 
 def _engine(url: str) -> Engine:
