@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -93,16 +94,14 @@ class BackfillRunner:
         self.target_dialect = dialect_for(target)
         self.throttle = Throttle(step.throttle, {"source": source, "target": target}, self.where, sleep=sleep,
                                  can_defer=can_defer)
-        self._spec: BackfillSpec | None = None
 
     # -- shared -----------------------------------------------------------------------------------
-    @property
+    @cached_property
     def spec(self) -> BackfillSpec:
-        if self._spec is None:
-            self._spec = resolve_spec(self.step, self.source, self.target)
-        return self._spec
+        """The step resolved against the real tables (introspection once per task, not per batch)."""
+        return resolve_spec(self.step, self.source, self.target)
 
-    @property
+    @cached_property
     def copier(self) -> BatchCopier:
         return BatchCopier(self.spec, self.target)
 
