@@ -126,3 +126,11 @@ class BackfillFailed(MigrateError):
     def __init__(self, message: str, transient: bool = False):
         self.transient = transient
         super().__init__(message)
+
+
+class BackupFailed(MigrateError):
+    """A backup could not be made or verified; no step that changes data may run without it."""
+
+
+class RestoreFailed(MigrateError):
+    """Restoring tables from a backup failed, or the restored tables do not match the backup's manifest."""

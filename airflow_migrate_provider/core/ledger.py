@@ -7,6 +7,7 @@ what really happened in the database. Two tables:
   step's SQL, the SQL actually run, who ran it (dag/run/try), when, how long, and any error.
 - ``airflow_migrate_lock``: at most one row per plan; the run that holds it, and until when.
 - ``airflow_migrate_backfill``: per backfill step and key-range chunk, the last key copied.
+- ``airflow_migrate_backups``: one row per backup, with its manifest (see core/backup/catalog.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 HISTORY_TABLE = "airflow_migrate_history"
 LOCK_TABLE = "airflow_migrate_lock"
 BACKFILL_TABLE = "airflow_migrate_backfill"
+BACKUPS_TABLE = "airflow_migrate_backups"
 
 metadata = MetaData()
 history = Table(
@@ -92,6 +94,28 @@ checkpoints = Table(
     Column("phase_state", Text),  # JSON: cutoffs, phase 2 bounds (step row only)
     Column("run_id", String(250)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# backup manifests: what was backed up, where, and the checksums a restore is verified against
+backups = Table(
+    BACKUPS_TABLE,
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("plan_id", String(63), nullable=False, index=True),
+    Column("strategy", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # creating | verified | failed | pruned
+    Column("location", Text, nullable=False),
+    Column("tables", Text, nullable=False),  # JSON list of TableManifest
+    Column("size_bytes", BigInteger),
+    Column("duration_s", Float),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("try_number", Integer, nullable=False),
+    Column("run_outcome", String(16)),  # success once the run that made it succeeded
+    Column("expires_at", DateTime(timezone=True)),  # keep_days_after_success after that success
+    Column("error", Text),
 )
 
 

@@ -515,6 +515,75 @@ class HealthGateStep(StrictModel):
         return [t for t in defaults if t.metric in names]
 
 
+BACKUP_PREFIX = "airflow_migrate_"  # the engine's own tables (ledger, snapshots): never backed up or restored
+
+
+class BackupSpec(StrictModel):
+    """What to back up before the first step changes data, and how. Rollback restores from it where a
+    step's down SQL fails or leaves a table different from its pre-run state."""
+
+    strategy: Literal["snapshot", "pg_dump", "sqlite_backup"] = Field(
+        description="`snapshot`: a copy of each table inside the database (every dialect). `pg_dump`: a "
+        "custom-format file of the tables (PostgreSQL; needs `pg_dump`/`pg_restore` on the worker). "
+        "`sqlite_backup`: a copy of the database file through SQLite's online backup API.")
+    tables: list[str] | Literal["auto"] = Field(
+        default="auto",
+        description="Tables to back up, or `auto`: every table the steps write (found by parsing their `up` "
+        "SQL and the backfill targets). Tables a step creates are recorded as absent: a restore drops them.")
+    location: str | None = Field(
+        default=None,
+        description="Folder for `pg_dump`/`sqlite_backup` files. Default: `$AIRFLOW_MIGRATE_BACKUPS`, else "
+        "`$AIRFLOW_HOME/migration_backups`. Checked for being writable, with free space for the tables, "
+        "before anything is copied.")
+    required: bool = Field(
+        default=True,
+        description="Refuse to run a data-changing step of the run unless this run's backup was made and "
+        "verified.")
+    lock_writes: bool = Field(
+        default=False,
+        description="Block writes to the tables while they are copied and checksummed, so a busy table "
+        "backs up consistently. Without it, a table written meanwhile fails the backup's verification.")
+    restore_on_difference: bool = Field(
+        default=True,
+        description="After the rollback's down SQL, restore every table whose content or definition still "
+        "differs from the backup. `false`: report the differences and fail the rollback instead (for tables "
+        "the application writes during the run, whose new rows a restore would drop).")
+    keep_days_after_success: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="Drop this plan's backups this many days after their run succeeded (at the next "
+        "backup, or with `airflow-migrate backups prune`). Default: keep until pruned by hand.")
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list):
+            if not v:
+                raise PydanticCustomError("backup_tables", "`tables` is empty: list tables or use `auto`")
+            for name in v:
+                if not QUALIFIED_NAME.match(name):
+                    raise PydanticCustomError("table_name", "'{value}' is not a table name", {"value": name})
+                if name.split(".")[-1].lower().startswith(BACKUP_PREFIX):
+                    raise PydanticCustomError("backup_tables", "'{value}' is one of the engine's own tables; it "
+                                              "is never backed up or restored", {"value": name})
+        return v
+
+
+class ApprovalSpec(StrictModel):
+    """The approval hold before an irreversible step (Airflow's HITL `ApprovalOperator`)."""
+
+    timeout_hours: float = Field(default=24, gt=0, le=24 * 30,
+                                 description="How long to wait for an answer; no answer fails the run.")
+    assigned_users: list[str] = Field(default_factory=list,
+                                      description="Airflow user ids allowed to answer (default: anyone).")
+
+
+class FaultInjection(StrictModel):
+    """Test only: make one task fail right after it did its work, to prove the rollback restores."""
+
+    task: str = Field(description="Task id to fail, e.g. `steps.move_preferences` or `backup.create`.")
+    map_index: int | None = Field(default=None, description="For a mapped task: only this instance.")
+
+
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
         kind = value.get("kind", "schema")
@@ -551,6 +620,14 @@ class Plan(StrictModel):
         description="Airflow retries per task, used only for transient errors (connection lost, lock timeout).",
     )
     retry_delay_seconds: int = Field(default=30, ge=0, le=3600, description="Delay between those retries.")
+    backup: BackupSpec | None = Field(
+        default=None, description="Back up the tables the plan touches before any step changes data.")
+    approval: ApprovalSpec = Field(
+        default_factory=ApprovalSpec,
+        description="The hold before each irreversible step: its verification gate passed, a person "
+        "approves in the Airflow UI.")
+    fault_injection: FaultInjection | None = Field(
+        default=None, description="Test only: fail one task after its work, to exercise the rollback.")
 
     @field_validator("id")
     @classmethod
@@ -568,6 +645,10 @@ class Plan(StrictModel):
                 {"step": step_id, "index": index, "first": first},
             )
         return self
+
+    @property
+    def irreversible_steps(self) -> list[str]:
+        return [s.id for s in self.steps if isinstance(s, SchemaStep) and s.irreversible]
 
     def step(self, step_id: str) -> SchemaStep | BackfillStep | VerifyStep | HealthGateStep:
         for s in self.steps:

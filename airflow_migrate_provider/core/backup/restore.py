@@ -1,0 +1,318 @@
+"""Compare tables with a backup's manifest, and restore the ones that differ, then prove they match.
+
+A table the backup recorded as absent (a step created it) is dropped. A table whose definition differs (or
+that is gone) is rebuilt from the definition in the manifest and refilled from the backup. A table whose
+definition matches but whose rows differ is synchronised by primary key: rows the backup lacks are deleted,
+changed rows updated, missing rows inserted; so rows equal to the backup are never deleted and foreign keys
+pointing at them (and their ON DELETE actions) are not disturbed. All in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
+from airflow_migrate_provider.core.backup.strategies import Strategy, strategy_named
+from airflow_migrate_provider.core.backup.tables import (
+    TableDefinition,
+    definition,
+    fingerprint,
+    quote_table,
+    split_name,
+    table_exists,
+)
+from airflow_migrate_provider.core.summary import format_table
+from airflow_migrate_provider.errors import RestoreFailed, db_error_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TableState:
+    """One table compared with the backup's manifest."""
+
+    table: str
+    expected: str
+    actual: str
+    equal: bool
+    structure_equal: bool = True
+    action: str = ""
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    tables: list[TableState] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def all_equal(self) -> bool:
+        return all(t.equal for t in self.tables)
+
+    @property
+    def restored(self) -> list[str]:
+        return [t.table for t in self.tables if t.action in ("dropped", "rebuilt", "synchronised")]
+
+    def table(self) -> str:
+        rows = [[t.table, t.expected, t.actual, t.action or "-", "yes" if t.equal else "NO"] for t in self.tables]
+        return format_table(["table", "before the run (backup)", "now", "restore", "equal"], rows)
+
+
+def _expected(manifest: TableManifest) -> str:
+    return str(manifest.fingerprint) if manifest.present else "absent"
+
+
+def compare(conn: Connection, backup: Backup) -> list[TableState]:
+    """Each manifest table now versus when it was backed up: definition, row count and checksum."""
+    states = []
+    for manifest in backup.tables:
+        exists = table_exists(conn, manifest.table)
+        if not manifest.present:
+            states.append(TableState(manifest.table, "absent", "exists" if exists else "absent", not exists,
+                                     structure_equal=not exists))
+            continue
+        if not exists:
+            states.append(TableState(manifest.table, _expected(manifest), "missing", False, structure_equal=False))
+            continue
+        live = definition(conn, manifest.table)
+        same_structure = live.structure == manifest.structure
+        expected_cols = manifest.table_definition.insertable
+        if not set(expected_cols) <= {c.name for c in live.columns}:
+            states.append(TableState(manifest.table, _expected(manifest), "columns differ", False, False))
+            continue
+        now = fingerprint(conn, quote_table(conn, manifest.table), expected_cols)
+        actual = str(now) + ("" if same_structure else "; definition differs")
+        states.append(TableState(manifest.table, _expected(manifest), actual,
+                                 same_structure and now == manifest.fingerprint, same_structure))
+    return states
+
+
+def compare_backup(engine: Engine, backup: Backup) -> list[TableState]:
+    with engine.connect() as conn:
+        try:
+            return compare(conn, backup)
+        finally:
+            conn.rollback()
+
+
+def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = None,
+                   strategy: Strategy | None = None) -> RestoreReport:
+    """Restore the tables of ``backup`` that differ from its manifest (or just ``only``), then verify every
+    manifest table against it. Raises ``RestoreFailed`` when any table still differs."""
+    if backup.status not in ("verified",):
+        raise RestoreFailed(f"backup {backup.id} is {backup.status}, not verified: it cannot be restored from")
+    strategy = strategy or strategy_named(backup.strategy, None)
+    if not strategy.exists(engine, backup):
+        raise RestoreFailed(f"the copy of backup {backup.id} is gone ({backup.location}); it was pruned or "
+                            f"deleted, so the tables cannot be restored from it")
+    started = time.monotonic()
+    report = RestoreReport(backup.id)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        raw = conn.connection.driver_connection
+        if sqlite:  # before any transaction: SQLite ignores this pragma inside one
+            raw.execute("PRAGMA foreign_keys = OFF")
+        strategy.prepare_restore(conn, backup)
+        try:
+            with conn.begin():
+                states = compare(conn, backup)
+                todo = [s for s in states if not s.equal and (only is None or s.table in only)]
+                if todo:
+                    log.warning("restoring %d table(s) from backup %s: %s", len(todo), backup.id,
+                                ", ".join(s.table for s in todo))
+                    _restore(conn, strategy, backup, todo)
+                    if sqlite:
+                        _sqlite_fk_check(conn)
+                for state in states:
+                    state.action = next((s.action for s in todo if s.table == state.table), "unchanged")
+        except sa_exc.SQLAlchemyError as exc:
+            raise RestoreFailed(f"restoring from backup {backup.id} failed and was rolled back (nothing "
+                                f"changed): {db_error_line(exc)}") from exc
+        finally:
+            strategy.finish_restore(conn, backup)
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys = ON")
+    after = {s.table: s for s in compare_backup(engine, backup)}
+    for state in states:
+        state.actual, state.equal = after[state.table].actual, after[state.table].equal
+    report.tables, report.duration_s = states, time.monotonic() - started
+    if not report.all_equal:
+        bad = [s.table for s in states if not s.equal]
+        raise RestoreFailed(f"after restoring from backup {backup.id}, {', '.join(bad)} still differ from the "
+                            f"manifest:\n{report.table()}")
+    log.info("restore from backup %s: %d table(s) restored, every table equals the backup (%.1f s)\n%s",
+             backup.id, len(report.restored), report.duration_s, report.table())
+    return report
+
+
+def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:
+    manifests = {m.table: m for m in backup.tables}
+    drop = [manifests[s.table] for s in todo if not manifests[s.table].present]
+    rebuild = [manifests[s.table] for s in todo if manifests[s.table].present and not s.structure_equal]
+    sync = [manifests[s.table] for s in todo if manifests[s.table].present and s.structure_equal]
+    for manifest in drop:
+        cascade = " CASCADE" if conn.dialect.name == "postgresql" else ""
+        conn.execute(text(f"DROP TABLE IF EXISTS {quote_table(conn, manifest.table)}{cascade}"))
+        _set_action(todo, manifest.table, "dropped")
+    with strategy.relations(conn, backup, rebuild + sync) as sources:
+        if rebuild:
+            _rebuild(conn, rebuild, sources)
+            for manifest in rebuild:
+                _set_action(todo, manifest.table, "rebuilt")
+        ordered = _dependency_order(sync)
+        for manifest in reversed(ordered):
+            _delete_extra(conn, manifest, sources[manifest.table])
+        for manifest in ordered:
+            _update_and_insert(conn, manifest, sources[manifest.table])
+            _set_action(todo, manifest.table, "synchronised")
+
+
+def _set_action(states: list[TableState], table: str, action: str) -> None:
+    for state in states:
+        if state.table == table:
+            state.action = action
+
+
+def _dependency_order(manifests: list[TableManifest]) -> list[TableManifest]:
+    """Referenced tables before the tables whose foreign keys point at them."""
+    by_name = {split_name(m.table)[1]: m for m in manifests}
+    done: list[TableManifest] = []
+
+    def visit(manifest: TableManifest, path: tuple[str, ...]) -> None:
+        if manifest in done or manifest.table in path:
+            return
+        for ref in manifest.table_definition.references:
+            parent = by_name.get(split_name(ref.replace('"', ""))[1])
+            if parent is not None and parent is not manifest:
+                visit(parent, (*path, manifest.table))
+        done.append(manifest)
+
+    for manifest in manifests:
+        visit(manifest, ())
+    return done
+
+
+def _cols(conn: Connection, names: list[str], prefix: str = "") -> str:
+    prep = conn.dialect.identifier_preparer
+    return ", ".join(f"{prefix}{prep.quote_identifier(n)}" for n in names)
+
+
+def _insert_all(conn: Connection, table: str, columns: list[str], source: str) -> None:
+    overriding = " OVERRIDING SYSTEM VALUE" if conn.dialect.name == "postgresql" else ""
+    cols = _cols(conn, columns)
+    conn.execute(text(f"INSERT INTO {quote_table(conn, table)} ({cols}){overriding} SELECT {cols} FROM {source}"))
+
+
+def _rebuild(conn: Connection, manifests: list[TableManifest], sources: dict[str, str]) -> None:
+    """Drop and re-create each table from its manifest definition, refill it, then add foreign keys (its
+    own, and other tables' that pointed at it) once every rebuilt table holds its rows."""
+    postgres = conn.dialect.name == "postgresql"
+    rebuilt = [quote_table(conn, m.table) for m in manifests]
+    external_fks: list[str] = []
+    for manifest in manifests:
+        definition_ = manifest.table_definition
+        qt = quote_table(conn, manifest.table)
+        if postgres:
+            external_fks += _drop_external_fks(conn, manifest.table, rebuilt)
+            for sequence, _ in definition_.owned_sequences:
+                conn.execute(text(f"ALTER SEQUENCE IF EXISTS {sequence} OWNED BY NONE"))
+        conn.execute(text(f"DROP TABLE IF EXISTS {qt}"))
+        for ddl in definition_.create:
+            conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
+        _insert_all(conn, manifest.table, definition_.insertable, sources[manifest.table])
+        for ddl in definition_.indexes:
+            conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
+        log.info("restore: rebuilt %s from its backed-up definition and rows", manifest.table)
+    for manifest in manifests:
+        definition_ = manifest.table_definition
+        for ddl in definition_.foreign_keys:
+            conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
+        for sequence, column in definition_.owned_sequences:
+            owner = f"{quote_table(conn, manifest.table)}.{conn.dialect.identifier_preparer.quote_identifier(column)}"
+            conn.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {owner}"))
+    for ddl in external_fks:
+        conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
+
+
+def _drop_external_fks(conn: Connection, table: str, rebuilt: list[str]) -> list[str]:
+    """Drop foreign keys of other tables that point at ``table``; return the DDL that re-adds them."""
+    rows = conn.execute(text(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE contype = 'f' AND confrelid = CAST(:t AS regclass) AND conrelid <> confrelid"),
+        {"t": quote_table(conn, table)}).all()
+    prep = conn.dialect.identifier_preparer
+    readd = []
+    for owner, name, ddl in rows:
+        if owner in rebuilt or prep.quote(owner) in rebuilt:
+            continue  # rebuilt too: its own definition brings the key back
+        conn.execute(text(f"ALTER TABLE {owner} DROP CONSTRAINT {prep.quote_identifier(name)}"))
+        readd.append(f"ALTER TABLE {owner} ADD CONSTRAINT {prep.quote_identifier(name)} {ddl}")
+    return readd
+
+
+def _delete_extra(conn: Connection, manifest: TableManifest, source: str) -> None:
+    definition_ = manifest.table_definition
+    qt = quote_table(conn, manifest.table)
+    if not definition_.primary_key:
+        conn.execute(text(f"DELETE FROM {qt}"))
+        return
+    match = _key_match(conn, definition_, qt, "b")
+    deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
+    log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
+
+
+def _key_match(conn: Connection, definition_: TableDefinition, left: str, right: str) -> str:
+    prep = conn.dialect.identifier_preparer
+    return " AND ".join(f"{left}.{prep.quote_identifier(k)} = {right}.{prep.quote_identifier(k)}"
+                        for k in definition_.primary_key)
+
+
+def _update_and_insert(conn: Connection, manifest: TableManifest, source: str) -> None:
+    definition_ = manifest.table_definition
+    qt = quote_table(conn, manifest.table)
+    columns = definition_.insertable
+    if not definition_.primary_key:
+        _insert_all(conn, manifest.table, columns, source)
+        return
+    prep = conn.dialect.identifier_preparer
+    values = [c for c in columns if c not in definition_.primary_key]
+    bare = prep.quote_identifier(split_name(manifest.table)[1])
+    if values:
+        if conn.dialect.name == "postgresql":
+            differs = (f"({_cols(conn, values, f'{bare}.')})::text IS DISTINCT FROM "
+                       f"({_cols(conn, values, 'b.')})::text") if len(values) > 1 else (
+                f"{bare}.{prep.quote_identifier(values[0])}::text IS DISTINCT FROM "
+                f"b.{prep.quote_identifier(values[0])}::text")
+            sets = f"({_cols(conn, values)}) = ROW({_cols(conn, values, 'b.')})"
+        else:
+            differs = " OR ".join(f"{bare}.{prep.quote_identifier(c)} IS NOT b.{prep.quote_identifier(c)}"
+                                  for c in values)
+            sets = ", ".join(f"{prep.quote_identifier(c)} = b.{prep.quote_identifier(c)}" for c in values)
+        updated = conn.execute(text(f"UPDATE {qt} SET {sets} FROM {source} AS b "
+                                    f"WHERE {_key_match(conn, definition_, bare, 'b')} AND ({differs})"))
+        log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
+                 updated.rowcount)
+    overriding = " OVERRIDING SYSTEM VALUE" if conn.dialect.name == "postgresql" else ""
+    cols = _cols(conn, columns)
+    inserted = conn.execute(text(
+        f"INSERT INTO {qt} ({cols}){overriding} SELECT {_cols(conn, columns, 'b.')} FROM {source} AS b "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {qt} AS live WHERE {_key_match(conn, definition_, 'live', 'b')})"))
+    log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
+
+
+def _sqlite_fk_check(conn: Connection) -> None:
+    problems = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if problems:
+        shown = "; ".join(f"{r[0]} row {r[1]} → {r[2]}" for r in problems[:5])
+        raise RestoreFailed(f"the restored tables break foreign keys ({len(problems)} row(s): {shown}); the "
+                            f"restore was rolled back. Restore the referencing tables too (add them to "
+                            f"backup.tables).")
+
+
+__all__ = ["RestoreReport", "TableState", "compare", "compare_backup", "restore_backup"]

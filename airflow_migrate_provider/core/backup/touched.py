@@ -1,0 +1,92 @@
+"""Which tables a plan writes, for ``backup.tables: auto``: found by parsing each schema step's ``up`` SQL
+(sqlglot) and adding each backfill's target. Read-only steps write nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+
+from airflow_migrate_provider.errors import BackupFailed
+from airflow_migrate_provider.plan.model import BACKUP_PREFIX, BackfillStep, Plan, SchemaStep
+
+_SQLGLOT_DIALECT = {"postgresql": "postgres", "sqlite": "sqlite", "mysql": "mysql"}
+
+
+@dataclass
+class Touched:
+    """Tables in the order the plan first writes them, and the step that does."""
+
+    tables: dict[str, str] = field(default_factory=dict)  # table → first step writing it
+
+    def add(self, table: str, step_id: str) -> None:
+        if not table.split(".")[-1].lower().startswith(BACKUP_PREFIX):
+            self.tables.setdefault(table, step_id)
+
+
+def _table_name(node: exp.Expression | None) -> str | None:
+    while isinstance(node, exp.Schema):
+        node = node.this
+    if not isinstance(node, exp.Table) or not node.name:
+        return None
+    return f"{node.db}.{node.name}" if node.db else node.name
+
+
+def _written_by(statement: exp.Expression) -> str | bool | None:
+    """The table a statement writes; None when it writes no table; False when it cannot be told."""
+    if isinstance(statement, exp.Create):
+        kind = (statement.args.get("kind") or "").upper()
+        if kind == "INDEX":
+            index = statement.this
+            return _table_name(index.args.get("table") if isinstance(index, exp.Index) else None) or False
+        if kind == "TABLE":
+            return _table_name(statement.this) or False
+        return None  # views, functions, sequences: no table data
+    if isinstance(statement, exp.Drop):
+        kind = (statement.args.get("kind") or "").upper()
+        return (_table_name(statement.this) or False) if kind == "TABLE" else None
+    if isinstance(statement, exp.Insert | exp.Update | exp.Delete | exp.Merge | exp.Alter):
+        return _table_name(statement.this) or False
+    if isinstance(statement, exp.TruncateTable):
+        names = [_table_name(t) for t in statement.expressions]
+        return names[0] if len(names) == 1 and names[0] else False
+    if isinstance(statement, exp.Select | exp.Comment | exp.Grant):
+        return None
+    return False  # Command (DO blocks, COPY, CALL …) and anything else: unknown
+
+
+def touched_tables(plan: Plan, dialect: str) -> Touched:
+    """Every table the plan's steps write. Raises ``BackupFailed`` naming the statement when one cannot be
+    analysed, so the user lists ``backup.tables`` instead of a table silently going unprotected."""
+    touched = Touched()
+    read = _SQLGLOT_DIALECT.get(dialect, dialect)
+    for step in plan.steps:
+        if isinstance(step, BackfillStep):
+            touched.add(step.target, step.id)
+            continue
+        if not isinstance(step, SchemaStep):
+            continue
+        for sql in step.up:
+            try:
+                statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
+            except sqlglot.errors.ParseError as exc:
+                raise _unknown(step.id, sql, str(exc).splitlines()[0]) from exc
+            for statement in statements:
+                if isinstance(statement, exp.Alter):
+                    for action in statement.args.get("actions") or []:
+                        if isinstance(action, exp.AlterRename):
+                            touched.add(_table_name(action.this) or "", step.id)
+                written = _written_by(statement)
+                if written is False:
+                    raise _unknown(step.id, statement.sql(dialect=read), "no table could be read from it")
+                if written:
+                    touched.add(written, step.id)
+    return touched
+
+
+def _unknown(step_id: str, sql: str, why: str) -> BackupFailed:
+    flat = " ".join(sql.split())
+    return BackupFailed(
+        f"backup.tables is `auto` but step '{step_id}' has a statement whose written table cannot be told "
+        f"({why}): {flat[:120]}. List the tables to back up in the plan's `backup.tables`.")
