@@ -80,5 +80,5 @@ def states_by_phase(dag_run: Any) -> dict[str, dict[str, str]]:
     for task_id, state in sorted(task_states(dag_run).items()):
         phase = task_id.split(".", 1)[0] if "." in task_id else task_id
         phases.setdefault(phase, {})[task_id] = state
-    order = ["preflight", "steps", "verify", "rollback", "outcome"]
+    order = ["preflight", "backup", "steps", "verify", "rollback", "outcome"]
     return dict(sorted(phases.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))

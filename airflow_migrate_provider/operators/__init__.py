@@ -2,6 +2,7 @@
 
 from airflow_migrate_provider.operators.apply_step import ApplyStepOperator
 from airflow_migrate_provider.operators.backfill import BackfillOperator
+from airflow_migrate_provider.operators.backup import BackupOperator
 from airflow_migrate_provider.operators.health_gate import HealthGateOperator
 from airflow_migrate_provider.operators.outcome import MigrationOutcomeOperator
 from airflow_migrate_provider.operators.preflight import PreflightOperator
@@ -12,6 +13,7 @@ from airflow_migrate_provider.operators.verify_steps import VerifyStepsOperator
 __all__ = [
     "ApplyStepOperator",
     "BackfillOperator",
+    "BackupOperator",
     "HealthGateOperator",
     "MigrationOutcomeOperator",
     "PreflightOperator",

@@ -12,6 +12,8 @@ from airflow_migrate_provider.operators.base import MigrationOperator
 class ApplyStepOperator(MigrationOperator):
     """Applies one schema step (a no-op if the ledger says it is applied) and verifies it."""
 
+    changes_data = True
+
     def __init__(self, *, step_id: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.step_id = step_id

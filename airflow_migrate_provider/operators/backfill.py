@@ -27,6 +27,7 @@ class BackfillOperator(MigrationOperator):
     """
 
     template_fields = ("chunk",)
+    changes_data = True
 
     def __init__(self, *, step_id: str, phase: Phase, chunk: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)

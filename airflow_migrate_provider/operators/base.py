@@ -18,7 +18,7 @@ from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
 from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.core.summary import worst_state
-from airflow_migrate_provider.errors import MigrateError
+from airflow_migrate_provider.errors import BackupFailed, MigrateError
 from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.plan.model import Plan
 
@@ -36,6 +36,7 @@ class MigrationOperator(BaseOperator):
     """Base for the plan's operators. ``plan`` is the validated plan as a JSON-able dict."""
 
     ui_color = "#e8f0fe"
+    changes_data = False  # True: refuses to run without the run's verified backup when the plan requires one
 
     def __init__(self, *, plan: dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
@@ -70,14 +71,42 @@ class MigrationOperator(BaseOperator):
             if lease.took_over_from:
                 self.log.warning("took over the expired run lock from %s", lease.took_over_from)
             with LockKeeper(ledger, lease, plan.lock_ttl_seconds) as keeper:
+                if self.changes_data:
+                    self.require_backup(engine, who)
                 yield StepRunner(engine, dialect, ledger, who, keeper, plan=plan, source=source)
         finally:
             engine.dispose()
             if source is not None:
                 source.dispose()
 
+    def require_backup(self, engine: Engine, who: RunIdentity) -> None:
+        """Never change data without this run's verified backup when the plan requires one."""
+        spec = self.plan.backup
+        if spec is None or not spec.required:
+            return
+        from airflow_migrate_provider.core.backup.catalog import BackupCatalog
+
+        if BackupCatalog(engine, self.plan.id).verified_for_run(who) is None:
+            raise BackupFailed(
+                f"plan '{self.plan.id}' requires a verified backup before any step changes data, and this run "
+                f"({who.run_key}) has none: task backup.create must succeed first (see its log). Nothing was "
+                f"changed by this task.")
+
     def execute(self, context: Context) -> Any:
-        return self.translating_errors(lambda: self.run_migration(context))
+        result = self.translating_errors(lambda: self.run_migration(context))
+        self.inject_fault(context)
+        return result
+
+    def inject_fault(self, context: Context) -> None:
+        """Test only (``fault_injection`` in the plan): fail this task after its work is done."""
+        fault = self.plan.fault_injection
+        if fault is None or fault.task != self.task_id:
+            return
+        map_index = getattr(context["ti"], "map_index", -1)
+        if fault.map_index is not None and fault.map_index != map_index:
+            return
+        raise AirflowFailException(f"injected fault (plan fault_injection): task {self.task_id} failed after "
+                                   f"doing its work")
 
     def translating_errors(self, work: Any) -> Any:
         """Run ``work`` turning our errors into Airflow's (retry only what can succeed on retry); for

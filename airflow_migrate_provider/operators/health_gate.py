@@ -38,7 +38,9 @@ class HealthGateOperator(MigrationOperator):
 
     def resume_watch(self, context: Context, event: Any = None, started_at: float = 0.0, samples: int = 0,
                      baseline: dict[str, float] | None = None) -> dict[str, Any]:
-        return self.translating_errors(lambda: self.watch(context, started_at, samples, baseline))
+        result = self.translating_errors(lambda: self.watch(context, started_at, samples, baseline))
+        self.inject_fault(context)
+        return result
 
     def watch(self, context: Context, started_at: float, samples: int,
               baseline: dict[str, float] | None = None) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOper
 from airflow_migrate_provider.plan.model import Plan
 
 
+def states_failed(task_ids: list[str], states: dict[str, str]) -> list[str]:
+    return [t for t in task_ids if states.get(t) in FAILED_STATES]
+
+
 class MigrationOutcomeOperator(MigrationOperator):
     """The run's last word: logs the summary table, releases the run lock, and fails the run when any
     phase failed, even if the rollback succeeded (so a rolled-back migration never shows as success)."""
@@ -25,7 +29,7 @@ class MigrationOutcomeOperator(MigrationOperator):
     def run_migration(self, context: Context) -> dict[str, Any]:
         plan, who = self.plan, self.who(context)
         states = self.watched_states(context, [*self.watched_task_ids, self.rollback_task_id])
-        failed = [t for t in self.watched_task_ids if states.get(t) in FAILED_STATES]
+        failed = states_failed(self.watched_task_ids, states)
         try:
             self._summarize_and_release(plan, who, states)
         except MigrateError as exc:  # e.g. the target is unreachable: still report the run's outcome
@@ -44,6 +48,13 @@ class MigrationOutcomeOperator(MigrationOperator):
             ledger = Ledger(engine, plan.id)
             if ledger.exists():
                 self.log.info("migration summary\n%s", run_summary_table(plan, ledger, who, states))
+                if not states_failed(self.watched_task_ids, states) and plan.backup is not None:
+                    from airflow_migrate_provider.core.backup.catalog import BackupCatalog
+
+                    keep = plan.backup.keep_days_after_success
+                    for backup_id in BackupCatalog(engine, plan.id).mark_run_succeeded(who, keep):
+                        self.log.info("backup %s: the run succeeded; %s", backup_id,
+                                      f"it expires in {keep} day(s)" if keep is not None else "kept until pruned")
                 if ledger.release_lock(who):
                     self.log.info("released the run lock of plan '%s'", plan.id)
         except SQLAlchemyError as exc:

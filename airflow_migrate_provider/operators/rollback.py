@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 from airflow.sdk import Context
@@ -7,6 +9,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_migrate_provider.core.rollback import rollback_run
 from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
+from airflow_migrate_provider.operators.verify import report_dir
 
 
 class RollbackOperator(MigrationOperator):
@@ -26,12 +29,31 @@ class RollbackOperator(MigrationOperator):
         if not failed:
             raise AirflowSkipException("every phase succeeded; nothing to roll back")
         self.log.warning("phases failed or blocked: %s; rolling back what this run applied", failed)
+        spec = self.plan.backup
         with self.runner(context) as runner:
-            report = rollback_run(runner.ledger, runner, runner.who)
-        return {"reverted": [r.step_id for r in report.reverted], "stopped_at": report.stopped_at,
-                "left_applied": report.left_applied}
+            backup = None
+            if spec is not None:
+                from airflow_migrate_provider.core.backup.catalog import BackupCatalog
+
+                backup = BackupCatalog(runner.engine, self.plan.id).verified_for_run(runner.who)
+                if backup is None:
+                    self.log.warning("this run has no verified backup; reverting with down SQL only")
+            report = rollback_run(runner.ledger, runner, runner.who, backup,
+                                  restore_on_difference=spec.restore_on_difference if spec else True)
+        summary = {"reverted": [r.step_id for r in report.reverted], "stopped_at": report.stopped_at,
+                   "left_applied": report.left_applied, "revert_failed": report.revert_failed,
+                   "backup": backup.id if backup else None, "restored_from": report.restored_from,
+                   "tables_equal_to_before_run": {t.table: t.equal for t in report.tables}}
+        path = report_dir(runner.who.dag_id, runner.who.run_id) / "rollback.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**summary, "tables": [asdict(t) for t in report.tables]}, indent=2))
+        self.log.info("rollback report: %s", path)
+        return summary
 
     def describe(self, dialect: str = "postgresql") -> list[str]:
         return ["teardown: runs only when a phase failed; reverts, newest first, exactly the steps this run "
                 "applied (from the ledger), each with the down SQL recorded when it was applied, then its "
-                "verify_down; stops at an irreversible step"]
+                "verify_down; stops at an irreversible step"] + (
+            ["then compares every backed-up table with the backup (rows, checksum, definition) and restores "
+            "the ones that differ (or all, if a revert failed); reports table by table"]
+            if self.plan.backup else [])

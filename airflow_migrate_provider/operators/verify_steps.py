@@ -10,19 +10,33 @@ from airflow_migrate_provider.plan.model import READ_ONLY_KINDS
 
 
 class VerifyStepsOperator(MigrationOperator):
-    """Re-runs every step's verify queries once all steps are applied, changing nothing."""
+    """Re-runs every step's verify queries once all steps are applied, changing nothing. With
+    ``before_step``: only the steps before it (the verification gate of an irreversible step)."""
+
+    def __init__(self, *, before_step: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.before_step = before_step
+
+    def _steps(self) -> list[Any]:
+        steps = list(self.plan.steps)
+        if self.before_step is None:
+            return steps
+        return steps[: [s.id for s in steps].index(self.before_step)]
 
     def run_migration(self, context: Context) -> dict[str, Any]:
-        plan = self.plan
+        steps = self._steps()
         with self.runner(context) as runner:
             applied = runner.ledger.applied()
-            missing = [s.id for s in plan.steps if s.id not in applied and s.kind not in READ_ONLY_KINDS]
+            missing = [s.id for s in steps if s.id not in applied and s.kind not in READ_ONLY_KINDS]
             if missing:
                 raise VerificationFailed(missing[0], "(ledger)", f"steps not applied in the target: {missing}")
-            results = [runner.verify(step) for step in plan.steps]
+            results = [runner.verify(step) for step in steps]
         total = sum(len(r.verified) for r in results)
         self.log.info("verification passed: %d queries over %d steps", total, len(results))
         return {"steps": len(results), "queries_passed": total}
 
     def describe(self, dialect: str = "postgresql") -> list[str]:
+        if self.before_step is not None:
+            return [f"gate before the irreversible step '{self.before_step}': re-runs the verify queries of the "
+                    f"{len(self._steps())} step(s) before it (read-only)"]
         return [f"re-runs the verify queries of all {len(self.plan.steps)} steps (read-only)"]
