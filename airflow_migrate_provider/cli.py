@@ -1,4 +1,5 @@
-"""``airflow-migrate``: validate, render, run, demo, status, shims. A thin layer over ``commands``."""
+"""``airflow-migrate``: validate, render, run, demo, status, backups, restore, shims. A thin layer over
+``commands``."""
 
 from __future__ import annotations
 
@@ -103,6 +104,64 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the dem
 def status(plan: Path, conn: ConnOption = []) -> None:  # noqa: B006
     """Show the ledger: steps applied, by which dag/run/try, when, and whether their checksum matches."""
     typer.echo(commands.status(plan, _parse_conns(conn)))
+
+
+backups_app = typer.Typer(no_args_is_help=True, help="List and prune the backups a plan's runs made in its target.")
+app.add_typer(backups_app, name="backups")
+
+
+@backups_app.command("list")
+def backups_list(plan: Annotated[Path, typer.Argument(help="The plan file whose backups to list.")],
+                 conn: ConnOption = []) -> None:  # noqa: B006
+    """Show the plan's backups, newest first.
+
+    Each with its status, strategy, when it was made (UTC), by which dag/run, tables, rows, size, expiry, location.
+
+    Use an id with `airflow-migrate backups prune --backup ID` or `airflow-migrate restore --backup ID`.
+    """
+    typer.echo(commands.backups_list(plan, _parse_conns(conn)))
+
+
+@backups_app.command("prune")
+def backups_prune(
+    plan: Annotated[Path, typer.Argument(help="The plan file whose backups to prune.")],
+    conn: ConnOption = [],  # noqa: B006
+    backup: Annotated[list[str], typer.Option(
+        "--backup", metavar="ID", help="Also prune this backup (repeatable); ids are in `backups list`.")] = [],  # noqa: B006
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", metavar="DAYS", min=0,
+        help="Also prune backups made more than DAYS days ago (fractions allowed, e.g. 0.5).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only list what would be pruned; remove nothing.")] = False,
+) -> None:
+    """Remove expired, old or named backups.
+
+    Prunes backups expired by the plan's backup.keep_days_after_success, plus --older-than and --backup ones.
+
+    Their copies (snapshot tables or files) are removed; `backups list` still shows them, marked pruned.
+
+    A backup made by the run that holds the plan's lock is never pruned: its rollback may still need it.
+
+    Try --dry-run first.
+    """
+    typer.echo(commands.backups_prune(plan, _parse_conns(conn), backup_ids=backup, older_than_days=older_than,
+                                      dry_run=dry_run))
+
+
+@app.command()
+def restore(plan: Annotated[Path, typer.Argument(help="The plan file the backup belongs to.")],
+            backup: Annotated[str, typer.Option(
+                "--backup", metavar="ID", help="The backup to restore from (see `airflow-migrate backups list`).")],
+            conn: ConnOption = []) -> None:  # noqa: B006
+    """Restore the plan's tables from a backup and verify them.
+
+    Puts each backed-up table back as it was (a table a step created is dropped) and checks its checksum.
+
+    Takes the plan's run lock, so it refuses to run while a migration run of the plan holds it.
+
+    Exit 1 if a table still differs from the backup.
+    """
+    typer.echo(commands.restore(plan, _parse_conns(conn), backup))
 
 
 @app.command()

@@ -7,14 +7,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow_migrate_provider.core.dialects import dialect_named
-from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError, PlanError, PlanProblem, db_error_line
-from airflow_migrate_provider.masking import mask_uri
+from airflow_migrate_provider.errors import (
+    BackupFailed,
+    ConnectionUnavailable,
+    MigrateError,
+    PlanError,
+    PlanProblem,
+    RestoreFailed,
+    db_error_line,
+)
+from airflow_migrate_provider.masking import mask_text, mask_uri
 from airflow_migrate_provider.plan.loader import load_plan
 from airflow_migrate_provider.plan.model import Plan
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 URI_SCHEME_DIALECTS = {"postgresql": "postgresql", "postgres": "postgresql", "sqlite": "sqlite"}
 
@@ -191,3 +205,114 @@ def demo(workdir: str | Path | None = None, users: int = 1000,
     plan_path = plan_failing_at(plan_path, fail_at, base) if fail_at else plan_path
     outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
     return outcome, database
+
+
+# -- backups --------------------------------------------------------------------------------------------
+@contextmanager
+def _plan_target(path: str | Path, connections: dict[str, str], failure: type[MigrateError]
+                 ) -> Iterator[tuple[Plan, Engine]]:
+    """The plan and its target's engine (prepared by our dialect adapter), as ``status`` opens them; a
+    database error becomes ``failure`` with the connection id and the driver's message (secrets masked)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    plan = load_plan(path)
+    check_connections_given(plan, connections)
+    from airflow_migrate_provider.local_run import define_connections
+
+    define_connections(connections)
+    check_targets_reachable(plan)
+    from airflow_migrate_provider.hooks.migration import MigrationHook
+
+    engine, _ = MigrationHook(plan.connections.target).get_engine_and_dialect()
+    try:
+        yield plan, engine
+    except SQLAlchemyError as exc:
+        raise failure(f"plan '{plan.id}': database error in the target (Airflow connection "
+                      f"'{plan.connections.target}'): {mask_text(db_error_line(exc))}") from exc
+    finally:
+        engine.dispose()
+
+
+def backups_list(path: str | Path, connections: dict[str, str]) -> str:
+    """The plan's backups in its target, newest first, with what each holds and when it expires."""
+    from airflow_migrate_provider.core.backup.retention import backups_table, plan_backups
+    from airflow_migrate_provider.core.backup.strategies import human_size
+
+    with _plan_target(path, connections, BackupFailed) as (plan, engine):
+        backups = plan_backups(engine, plan.id)
+    if not backups:
+        return f"plan '{plan.id}' has no backups in its target (Airflow connection '{plan.connections.target}')"
+    kept = [b for b in backups if b.status != "pruned"]
+    sizes = [b.size_bytes for b in kept if b.size_bytes is not None]
+    keep_days = plan.backup.keep_days_after_success if plan.backup else None
+    retention = (f"backups expire {keep_days} day(s) after their run succeeded" if keep_days is not None
+                 else "backups are kept until pruned (the plan sets no backup.keep_days_after_success)")
+    return (f"plan '{plan.id}': {len(backups)} backup(s), {len(kept)} not pruned, taking "
+            f"{human_size(sum(sizes))}{' or more' if len(sizes) < len(kept) else ''}\n"
+            f"{backups_table(backups)}\n{retention}; remove them with `airflow-migrate backups prune`")
+
+
+def backups_prune(path: str | Path, connections: dict[str, str], *, backup_ids: list[str] | None = None,
+                  older_than_days: float | None = None, dry_run: bool = False) -> str:
+    """Prune the plan's expired backups, those older than ``older_than_days`` and those named; say what was
+    removed (with ``dry_run``: what would be)."""
+    from airflow_migrate_provider.core.backup.retention import (
+        backups_table,
+        prune_selected,
+        select_for_pruning,
+    )
+    from airflow_migrate_provider.core.backup.strategies import human_size
+
+    with _plan_target(path, connections, BackupFailed) as (plan, engine):
+        selection = select_for_pruning(engine, plan.id, backup_ids=backup_ids, older_than_days=older_than_days)
+        pruned = prune_selected(engine, plan.id, selection, dry_run=dry_run)
+    criteria = ["expired"] + ([f"older than {older_than_days:g} day(s)"] if older_than_days is not None else [])
+    criteria += [f"named ({', '.join(backup_ids)})"] if backup_ids else []
+    lines = []
+    if not pruned:
+        lines.append(f"plan '{plan.id}': no backup to prune (looked for backups {' or '.join(criteria)})")
+    else:
+        freed = sum(b.size_bytes or 0 for b in pruned)
+        verb = "would prune (dry run: nothing was removed)" if dry_run else "pruned"
+        lines.append(f"plan '{plan.id}': {verb} {len(pruned)} backup(s), {human_size(freed)}")
+        lines.append(backups_table(pruned))
+    if selection.held:
+        lines.append(f"kept {', '.join(b.id for b in selection.held)}: made by the run holding the plan's lock "
+                     f"now, {selection.lock_holder}, whose rollback may still need it")
+    return "\n".join(lines)
+
+
+def restore(path: str | Path, connections: dict[str, str], backup_id: str) -> str:
+    """Restore the plan's tables from one of its backups, holding the plan's run lock (so never during a
+    migration run), and prove every table equals the backup."""
+    import socket
+
+    from airflow_migrate_provider.core.backup.restore import restore_backup
+    from airflow_migrate_provider.core.backup.retention import plan_backups
+    from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+    from airflow_migrate_provider.core.lock_keeper import LockKeeper
+
+    with _plan_target(path, connections, RestoreFailed) as (plan, engine):
+        backups = {b.id: b for b in plan_backups(engine, plan.id)}
+        backup = backups.get(backup_id)
+        if backup is None:
+            known = ", ".join(list(backups)[:10]) or "none"
+            raise BackupFailed(f"plan '{plan.id}' has no backup '{backup_id}' (its backups: {known}); see "
+                               f"`airflow-migrate backups list`")
+        who = RunIdentity("airflow-migrate-cli", f"restore-{backup_id}", host=socket.gethostname(),
+                          pid=os.getpid())
+        ledger = Ledger(engine, plan.id)
+        ledger.ensure()
+        lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)
+        try:
+            with LockKeeper(ledger, lease, plan.lock_ttl_seconds):
+                report = restore_backup(engine, backup)
+        finally:
+            ledger.release_lock(who)
+    took_over = f"(took over the expired lock of {lease.took_over_from})\n" if lease.took_over_from else ""
+    restored = ", ".join(report.restored)
+    done = (f"restored {len(report.restored)} table(s) ({restored})" if report.restored
+            else "no table differed from the backup, nothing was restored")
+    return (f"{took_over}plan '{plan.id}': restore from backup {backup.id} (made by run {backup.run_key} at "
+            f"{backup.created_at:%Y-%m-%d %H:%M:%S} UTC)\n{report.table()}\n"
+            f"{done}; every table equals backup {backup.id} ({report.duration_s:.1f} s)")

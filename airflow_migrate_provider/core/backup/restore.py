@@ -118,7 +118,15 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
         raw = conn.connection.driver_connection
         if sqlite:  # before any transaction: SQLite ignores this pragma inside one
             raw.execute("PRAGMA foreign_keys = OFF")
-        strategy.prepare_restore(conn, backup)
+        try:
+            strategy.prepare_restore(conn, backup)
+        except Exception as exc:
+            if sqlite:  # the pooled connection must not keep foreign keys off
+                raw.execute("PRAGMA foreign_keys = ON")
+            if isinstance(exc, RestoreFailed):
+                raise
+            raise RestoreFailed(f"cannot open backup {backup.id} at {backup.location}: {exc}; nothing was "
+                                f"changed") from exc
         try:
             with conn.begin():
                 states = compare(conn, backup)
