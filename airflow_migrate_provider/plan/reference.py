@@ -10,9 +10,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from airflow_migrate_provider.plan.model import (
+    ApprovalSpec,
     BackfillPhases,
     BackfillSource,
     BackfillStep,
+    BackupSpec,
     BatchSize,
     BenchmarkQuerySpec,
     ColumnTolerance,
@@ -20,6 +22,7 @@ from airflow_migrate_provider.plan.model import (
     Connections,
     ExpectationSuite,
     ExpectedDifferences,
+    FaultInjection,
     HealthGateStep,
     HealthMetricSpec,
     HealthThresholdSpec,
@@ -33,6 +36,9 @@ from airflow_migrate_provider.plan.model import (
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Plan (top level)", Plan, ""),
     ("`connections`", Connections, ""),
+    ("`backup`", BackupSpec, "See [backup.md](backup.md) for strategies, the manifest, rollback and retention."),
+    ("`approval`", ApprovalSpec, "Applies to every step marked `irreversible: true`."),
+    ("`fault_injection`", FaultInjection, "Test only."),
     ("Step `kind: schema` (the default)", SchemaStep,
      "SQL fields take one SQL text or a list of them; a text may hold several statements separated by `;`."),
     ("Step `kind: backfill`", BackfillStep,
