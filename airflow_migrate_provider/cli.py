@@ -44,8 +44,12 @@ def _print_outcome(outcome: commands.RunOutcome) -> None:
     final = outcome.phases.get("verify", {}).get("verify.verify_steps", "not run")
     typer.echo(f"\nVerification (queries that passed as each step was applied):\n{outcome.verification}")
     typer.echo(f"  final verification of all steps (verify.verify_steps): {final}")
+    if outcome.backup:
+        typer.echo(f"\nBackup (backup.create) of this run:\n{outcome.backup}")
     rollback = outcome.phases.get("rollback", {}).get("rollback.revert_applied", "not run")
     typer.echo(f"\nRollback (rollback.revert_applied): {rollback}")
+    if outcome.rollback_report:
+        typer.echo(outcome.rollback_report)
     typer.echo(f"\nDAG run: {outcome.state}")
 
 

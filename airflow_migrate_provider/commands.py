@@ -107,6 +107,8 @@ class RunOutcome:
     phases: dict[str, dict[str, str]]
     summary: str
     verification: str = ""
+    backup: str = ""  # the run's backup
+    rollback_report: str = ""  # after a rollback: the data table by table against the backup
 
     @property
     def succeeded(self) -> bool:
@@ -129,7 +131,38 @@ def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path 
     dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8"),
                                 plan_dir=str(Path(path).resolve().parent)))
     summary, verification = ledger_reports(plan)
-    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification)
+    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification,
+                      *backup_reports(plan, dag_run.dag_id, dag_run.run_id))
+
+
+def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:
+    """(the run's backup from the ledger, the rollback's table-by-table comparison with it) as text."""
+    if plan.backup is None:
+        return "", ""
+    import json
+
+    from airflow_migrate_provider.core.backup.retention import backups_table, plan_backups
+    from airflow_migrate_provider.core.summary import format_table
+    from airflow_migrate_provider.hooks.migration import MigrationHook
+    from airflow_migrate_provider.operators.verify import report_dir
+
+    engine = MigrationHook(plan.connections.target).get_engine()
+    try:
+        mine = [b for b in plan_backups(engine, plan.id) if b.dag_id == dag_id and b.run_id == run_id]
+    finally:
+        engine.dispose()
+    lines: list[str] = []
+    rollback = report_dir(dag_id, run_id) / "rollback.json"
+    if rollback.is_file():
+        report = json.loads(rollback.read_text())
+        if report.get("stopped_at"):
+            lines.append(f"rollback stopped at the point of no return '{report['stopped_at']}'")
+        if report.get("tables"):
+            lines.append("data after rollback, table by table, against the backup taken before the run:")
+            lines.append(format_table(["table", "before the run", "after rollback", "how", "equal"], [
+                [t["table"], t["expected"], t["actual"], t["action"] or "down SQL", "yes" if t["equal"] else "NO"]
+                for t in report["tables"]]))
+    return backups_table(mine) if mine else "no backup was made", "\n".join(lines)
 
 
 def check_targets_reachable(plan: Plan) -> None:

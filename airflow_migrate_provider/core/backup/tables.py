@@ -199,7 +199,7 @@ def fingerprint(conn: Connection, relation: str, columns: list[str]) -> Fingerpr
             lo = (lo + int.from_bytes(digest[:8], "big")) % _MOD
             hi = (hi + int.from_bytes(digest[8:], "big")) % _MOD
             rows += 1
-    return Fingerprint(rows, f"{_hash(ordered)[:16]}{lo:016x}{hi:016x}")
+    return Fingerprint(rows, f"{lo:016x}{hi:016x}{_hash(ordered)[:16]}")
 
 
 def _pg_fingerprint(conn: Connection, relation: str, cols: str, ordered: list[str]) -> Fingerprint:
@@ -212,7 +212,7 @@ def _pg_fingerprint(conn: Connection, relation: str, cols: str, ordered: list[st
         f"SELECT count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
         f"coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0) "
         f"FROM (SELECT md5({row_text}) AS h FROM {relation}) AS rows_of")).one()
-    return Fingerprint(int(rows), f"{_hash(ordered)[:16]}{int(lo) % _MOD:016x}{int(hi) % _MOD:016x}")
+    return Fingerprint(int(rows), f"{int(lo) % _MOD:016x}{int(hi) % _MOD:016x}{_hash(ordered)[:16]}")
 
 
 def _row_bytes(row: Any) -> bytes:
