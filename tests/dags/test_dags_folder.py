@@ -65,4 +65,5 @@ def test_example_dags_folder_parses_without_errors():
     assert not bag.import_errors
     assert "add_user_preferences_pg" in bag.dag_ids
     dag = bag.dags["add_user_preferences_pg"]
-    assert [t.task_id for t in dag.topological_sort()][:2] == ["preflight.check", "steps.create_user_preferences"]
+    assert [t.task_id for t in dag.topological_sort()][:3] == ["preflight.check", "backup.create",
+                                                              "steps.create_user_preferences"]
