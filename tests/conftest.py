@@ -151,9 +151,16 @@ def engine(database: TestDatabase):
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Airflow's metadata DB, created once per test session (about 3 s)."""
+    import signal
+
     from airflow_migrate_provider.local_run import init_metadata_db
 
+    # resetdb runs under Airflow's timeout_with_traceback, which ends with signal.alarm(0): that disarms
+    # pytest-timeout's alarm for the test that first sets this fixture up. Re-arm what was left of it.
+    left, interval = signal.getitimer(signal.ITIMER_REAL)
     init_metadata_db()
+    if left:
+        signal.setitimer(signal.ITIMER_REAL, left, interval)
     return _AIRFLOW_HOME
 
 

@@ -226,14 +226,25 @@ def _rebuild(conn: Connection, manifests: list[TableManifest], sources: dict[str
     for manifest in manifests:
         definition_ = manifest.table_definition
         qt = quote_table(conn, manifest.table)
+        new_sequences: list[tuple[str, str]] = []
+        handed_out: dict[str, int] = {}
         if postgres:
-            external_fks += _drop_external_fks(conn, manifest.table, rebuilt)
+            if table_exists(conn, manifest.table):  # not when the table was dropped
+                external_fks += _drop_external_fks(conn, manifest.table, rebuilt)
+                handed_out = _identity_positions(conn, manifest.table)
             for sequence, _ in definition_.owned_sequences:
                 conn.execute(text(f"ALTER SEQUENCE IF EXISTS {sequence} OWNED BY NONE"))
-        conn.execute(text(f"DROP TABLE IF EXISTS {qt}"))
+        # SQLite: an unqualified name the main database lacks (the table was dropped) would resolve to the
+        # attached backup file's table (sqlite_backup) and drop that
+        main = "" if postgres or split_name(manifest.table)[0] else "main."
+        conn.execute(text(f"DROP TABLE IF EXISTS {main}{qt}"))
+        if postgres:
+            new_sequences = _create_missing_sequences(conn, definition_)
         for ddl in definition_.create:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
         _insert_all(conn, manifest.table, definition_.insertable, sources[manifest.table])
+        if postgres:
+            _continue_sequences(conn, manifest.table, new_sequences, handed_out)
         for ddl in definition_.indexes:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
         log.info("restore: rebuilt %s from its backed-up definition and rows", manifest.table)
@@ -246,6 +257,47 @@ def _rebuild(conn: Connection, manifests: list[TableManifest], sources: dict[str
             conn.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {owner}"))
     for ddl in external_fks:
         conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
+
+
+def _create_missing_sequences(conn: Connection, definition_: TableDefinition) -> list[tuple[str, str]]:
+    """Create the serial columns' sequences that are gone (dropping a table drops the sequences it owns), so
+    the column defaults (``nextval``) work again; return them as [sequence, column]."""
+    types = {c.name: c.type for c in definition_.columns}
+    created = []
+    for sequence, column in definition_.owned_sequences:
+        if conn.execute(text("SELECT to_regclass(:s) IS NULL"), {"s": sequence}).scalar():
+            as_type = f" AS {types[column]}" if types.get(column) in ("smallint", "integer", "bigint") else ""
+            conn.execute(text(f"CREATE SEQUENCE {sequence}{as_type}"))
+            created.append((sequence, column))
+    return created
+
+
+_IDENTITY_SEQUENCES = (
+    "SELECT pg_get_serial_sequence(:t, attname), attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+    "AND attnum > 0 AND NOT attisdropped AND attidentity <> ''")
+
+
+def _identity_positions(conn: Connection, table: str) -> dict[str, int]:
+    """The last value each identity column's sequence handed out (a rebuild makes these sequences anew)."""
+    positions = {}
+    for sequence, column in conn.execute(text(_IDENTITY_SEQUENCES), {"t": quote_table(conn, table)}).all():
+        last = conn.execute(text("SELECT pg_sequence_last_value(CAST(:s AS regclass))"), {"s": sequence}).scalar()
+        if last is not None:
+            positions[column] = int(last)
+    return positions
+
+
+def _continue_sequences(conn: Connection, table: str, sequences: list[tuple[str, str]],
+                        handed_out: dict[str, int]) -> None:
+    """Move new sequences (re-created serial ones, and every identity column's, which the rebuild made anew)
+    past the restored rows and past what the old sequence handed out, so no key is handed out twice."""
+    qt = quote_table(conn, table)
+    identity = conn.execute(text(_IDENTITY_SEQUENCES), {"t": qt}).all()
+    prep = conn.dialect.identifier_preparer
+    for sequence, column in [*sequences, *identity]:
+        top = f"greatest(max({prep.quote_identifier(column)}), :handed_out)"
+        conn.execute(text(f"SELECT setval(CAST(:s AS regclass), {top}) FROM {qt} HAVING {top} IS NOT NULL"),
+                     {"s": sequence, "handed_out": handed_out.get(column)})
 
 
 def _drop_external_fks(conn: Connection, table: str, rebuilt: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,21 +233,18 @@ class SqliteBackupStrategy(Strategy):
         copy = Copy()
         started = time.monotonic()
         try:
-            with engine.connect() as conn:
-                raw = conn.connection.driver_connection
-                if lock_writes:
-                    raw.execute("BEGIN IMMEDIATE")
+            with engine.connect() as conn, ExitStack() as stack:
+                # lock_writes: another session holds the write lock (BEGIN IMMEDIATE) while the file is copied and
+                # fingerprints the live tables under it. The online backup cannot run from a connection that holds
+                # the write lock itself: it retries "busy" forever.
+                locked = stack.enter_context(_locked(engine, dialect, list(present), True)) if lock_writes else None
+                dest = sqlite3.connect(str(path))
                 try:
-                    dest = sqlite3.connect(str(path))
-                    try:
-                        raw.backup(dest, pages=1024, progress=_sqlite_progress(path))
-                    finally:
-                        dest.close()
-                    if lock_writes:
-                        self._fingerprint_live(conn, present, copy)
+                    conn.connection.driver_connection.backup(dest, pages=1024, progress=_sqlite_progress(path))
                 finally:
-                    if lock_writes:
-                        raw.execute("ROLLBACK")
+                    dest.close()
+                if locked is not None:
+                    self._fingerprint_live(locked, present, copy)
         except (sqlite3.Error, OSError) as exc:
             path.unlink(missing_ok=True)
             raise BackupFailed(f"copying the database file to '{path}' failed: {exc}; nothing was changed") from exc
@@ -337,7 +334,7 @@ class PgDumpStrategy(Strategy):
         url = engine.url
         parts = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
         parts.update({k: v for k, v in url.query.items() if isinstance(v, str)})
-        dsn = " ".join(f"{k}='{v!s}'" for k, v in parts.items() if v is not None)
+        dsn = " ".join(f"{k}='{_conninfo_value(v)}'" for k, v in parts.items() if v is not None)
         env = {**os.environ}
         if url.password:
             env["PGPASSWORD"] = str(url.password)
@@ -355,6 +352,9 @@ class PgDumpStrategy(Strategy):
         path = Path(self.describe_location(backup_id))
         dsn, env = self._libpq(engine)
         copy = Copy()
+        if not present:  # every table is one a step creates: no file (pg_dump without -t dumps the whole database)
+            copy.size_bytes = 0
+            return copy
         started = time.monotonic()
         try:
             with engine.connect() as conn:
@@ -385,7 +385,7 @@ class PgDumpStrategy(Strategy):
 
     @contextmanager
     def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
-        if not Path(backup.location).is_file():
+        if tables and not Path(backup.location).is_file():
             raise RestoreFailed(f"backup file '{backup.location}' of backup {backup.id} is missing")
         yield self._stage(conn, backup.location, tables)
 
@@ -438,7 +438,12 @@ class PgDumpStrategy(Strategy):
         Path(backup.location).unlink(missing_ok=True)
 
     def exists(self, engine: Engine, backup: Backup) -> bool:
-        return Path(backup.location).is_file()
+        return not any(t.present for t in backup.tables) or Path(backup.location).is_file()
+
+
+def _conninfo_value(value: object) -> str:
+    """A libpq conninfo value inside single quotes: backslashes and quotes escaped."""
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _qualified(conn: Connection, table: str) -> str:

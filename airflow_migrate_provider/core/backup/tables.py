@@ -81,7 +81,8 @@ def table_exists(conn: Connection, table: str) -> bool:
         return conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": quote_table(conn, table)}).scalar()
     schema, name = split_name(table)
     master = f"{conn.dialect.identifier_preparer.quote_identifier(schema)}.sqlite_master" if schema else "sqlite_master"
-    return conn.execute(text(f"SELECT count(*) FROM {master} WHERE type = 'table' AND name = :n"),
+    # SQLite matches table names case-insensitively (`UPDATE Users` writes users)
+    return conn.execute(text(f"SELECT count(*) FROM {master} WHERE type = 'table' AND name = :n COLLATE NOCASE"),
                         {"n": name}).scalar() == 1
 
 
@@ -157,7 +158,7 @@ def _sqlite_definition(conn: Connection, table: str) -> TableDefinition:
     schema, name = split_name(table)
     prefix = f"{conn.dialect.identifier_preparer.quote_identifier(schema)}." if schema else ""
     master = conn.execute(text(
-        f"SELECT type, name, sql FROM {prefix}sqlite_master WHERE tbl_name = :n AND sql IS NOT NULL "
+        f"SELECT type, name, sql FROM {prefix}sqlite_master WHERE tbl_name = :n COLLATE NOCASE AND sql IS NOT NULL "
         "ORDER BY type = 'trigger', type <> 'table', name"), {"n": name}).all()
     info = conn.execute(text(f"SELECT name, type, \"notnull\", dflt_value, pk, hidden FROM "
                              f"{prefix}pragma_table_xinfo(:n)"), {"n": name}).all()

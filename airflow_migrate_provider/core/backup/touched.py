@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from airflow_migrate_provider.errors import BackupFailed
 from airflow_migrate_provider.plan.model import BACKUP_PREFIX, BackfillStep, Plan, SchemaStep
@@ -33,26 +35,42 @@ def _table_name(node: exp.Expression | None) -> str | None:
     return f"{node.db}.{node.name}" if node.db else node.name
 
 
-def _written_by(statement: exp.Expression) -> str | bool | None:
-    """The table a statement writes; None when it writes no table; False when it cannot be told."""
+def _all_named(nodes: list[exp.Expression | None]) -> list[str] | Literal[False]:
+    names = [_table_name(n) for n in nodes]
+    return [n for n in names if n] if names and all(names) else False
+
+
+def _written_by(statement: exp.Expression) -> list[str] | Literal[False]:
+    """The tables a statement writes; [] when it writes no table; False when they cannot be told."""
     if isinstance(statement, exp.Create):
         kind = (statement.args.get("kind") or "").upper()
         if kind == "INDEX":
             index = statement.this
-            return _table_name(index.args.get("table") if isinstance(index, exp.Index) else None) or False
+            return _all_named([index.args.get("table") if isinstance(index, exp.Index) else None])
         if kind == "TABLE":
-            return _table_name(statement.this) or False
-        return None  # views, functions, sequences: no table data
+            return _all_named([statement.this])
+        return []  # views, functions, sequences: no table data
     if isinstance(statement, exp.Drop):
         kind = (statement.args.get("kind") or "").upper()
-        return (_table_name(statement.this) or False) if kind == "TABLE" else None
-    if isinstance(statement, exp.Insert | exp.Update | exp.Delete | exp.Merge | exp.Alter):
-        return _table_name(statement.this) or False
+        if kind != "TABLE":
+            return []
+        # sqlglot ≥ 26 lists the tables in `tables` (DROP TABLE a, b); older versions keep one in `this`
+        return _all_named(statement.args.get("tables") or [statement.this])
+    if isinstance(statement, exp.Alter):
+        kind = (statement.args.get("kind") or "TABLE").upper()
+        if kind != "TABLE":
+            return []  # ALTER INDEX / VIEW / SEQUENCE …: no table data
+        renamed = [a.this for a in statement.args.get("actions") or [] if isinstance(a, exp.AlterRename)]
+        if isinstance(statement.this, exp.Table) and statement.this.db:  # RENAME TO keeps the table's schema
+            renamed = [exp.table_(r.name, db=statement.this.db) if isinstance(r, exp.Table) and not r.db else r
+                       for r in renamed]
+        return _all_named([statement.this, *renamed])
+    if isinstance(statement, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+        return _all_named([statement.this])
     if isinstance(statement, exp.TruncateTable):
-        names = [_table_name(t) for t in statement.expressions]
-        return names[0] if len(names) == 1 and names[0] else False
+        return _all_named(list(statement.expressions))
     if isinstance(statement, exp.Select | exp.Comment | exp.Grant):
-        return None
+        return []
     return False  # Command (DO blocks, COPY, CALL …) and anything else: unknown
 
 
@@ -73,15 +91,13 @@ def touched_tables(plan: Plan, dialect: str) -> Touched:
             except sqlglot.errors.ParseError as exc:
                 raise _unknown(step.id, sql, str(exc).splitlines()[0]) from exc
             for statement in statements:
-                if isinstance(statement, exp.Alter):
-                    for action in statement.args.get("actions") or []:
-                        if isinstance(action, exp.AlterRename):
-                            touched.add(_table_name(action.this) or "", step.id)
+                if read == "postgres":  # unquoted names are lower case there: `UPDATE Users` writes users
+                    statement = normalize_identifiers(statement, dialect=read)
                 written = _written_by(statement)
                 if written is False:
                     raise _unknown(step.id, statement.sql(dialect=read), "no table could be read from it")
-                if written:
-                    touched.add(written, step.id)
+                for table in written:
+                    touched.add(table, step.id)
     return touched
 
 
