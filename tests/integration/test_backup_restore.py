@@ -213,6 +213,23 @@ def test_restore_that_would_break_a_foreign_key_is_rolled_back(target, fingerpri
     assert t.snapshot_tables() == ([b.tables[0].stored_as] if t.strategy == "snapshot" else [])
 
 
+def test_restore_never_cascades_into_a_table_outside_the_backup(target, fingerprint):
+    """A customer the backup lacks has an order (not backed up): deleting the customer would delete or
+    change that order through ON DELETE, data no backup covers. The restore refuses and changes nothing."""
+    t = target
+    seed_customers_orders(t, on_delete="CASCADE")
+    b = t.backup("UPDATE customers SET name = upper(name)")
+    t.sql("INSERT INTO customers (id, name) VALUES (4, 'dan')", "INSERT INTO orders VALUES (14, 4, 140)",
+          "UPDATE customers SET name = 'ANN' WHERE id = 1")
+    damaged = fingerprint(t.db)
+
+    with pytest.raises(RestoreFailed, match="nothing changed|rolled back"):
+        restore_backup(t.engine, b)
+
+    assert fingerprint(t.db) == damaged
+    assert t.scalar("SELECT count(*) FROM orders WHERE id = 14") == 1
+
+
 def test_restore_when_nothing_differs_changes_nothing(target, fingerprint):
     t = target
     seed_users(t)

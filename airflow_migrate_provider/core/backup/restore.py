@@ -137,6 +137,7 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
                     _restore(conn, strategy, backup, todo)
                     if sqlite:
                         _sqlite_fk_check(conn)
+                    _verify_before_commit(conn, backup, todo)
                 for state in states:
                     state.action = next((s.action for s in todo if s.table == state.table), "unchanged")
         except sa_exc.SQLAlchemyError as exc:
@@ -159,6 +160,16 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
     return report
 
 
+def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableState]) -> None:
+    """The restored tables must equal the manifest before the restore commits; otherwise it rolls back."""
+    restored = {s.table for s in todo}
+    wrong = [s for s in compare(conn, backup) if s.table in restored and not s.equal]
+    if wrong:
+        detail = "; ".join(f"{s.table}: expected {s.expected}, got {s.actual}" for s in wrong)
+        raise RestoreFailed(f"restoring from backup {backup.id} did not reproduce the manifest ({detail}); the "
+                            f"restore was rolled back, nothing changed")
+
+
 def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:
     manifests = {m.table: m for m in backup.tables}
     drop = [manifests[s.table] for s in todo if not manifests[s.table].present]
@@ -174,7 +185,10 @@ def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[Ta
             for manifest in rebuild:
                 _set_action(todo, manifest.table, "rebuilt")
         ordered = _dependency_order(sync)
+        restoring = {quote_table(conn, m.table) for m in [*drop, *rebuild, *sync]}
         for manifest in reversed(ordered):
+            if conn.dialect.name == "postgresql":
+                _refuse_cascades(conn, manifest, sources[manifest.table], restoring)
             _delete_extra(conn, manifest, sources[manifest.table])
         for manifest in ordered:
             _update_and_insert(conn, manifest, sources[manifest.table])
@@ -325,6 +339,38 @@ def _delete_extra(conn: Connection, manifest: TableManifest, source: str) -> Non
     match = _key_match(conn, definition_, qt, "b")
     deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
     log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
+
+
+_CASCADING_FKS = (
+    "SELECT c.conrelid::regclass::text, c.conname, "
+    "array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
+    "ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
+    "array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
+    "ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
+    "FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = CAST(:t AS regclass) "
+    "AND c.conrelid <> c.confrelid AND c.confdeltype IN ('c', 'n', 'd')")
+
+
+def _refuse_cascades(conn: Connection, manifest: TableManifest, source: str, restoring: set[str]) -> None:
+    """Deleting rows the backup lacks must not cascade (ON DELETE CASCADE / SET NULL / SET DEFAULT) into a
+    table that is not being restored: that would change data no backup covers. Refuse instead."""
+    definition_ = manifest.table_definition
+    qt = quote_table(conn, manifest.table)
+    prep = conn.dialect.identifier_preparer
+    for owner, name, cols, refcols in conn.execute(text(_CASCADING_FKS), {"t": qt}).all():
+        if owner in restoring or prep.quote(owner) in restoring:
+            continue
+        links = " AND ".join(f"p.{prep.quote_identifier(r)} = ch.{prep.quote_identifier(c)}"
+                             for c, r in zip(cols, refcols, strict=True))
+        gone = (f" AND NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {_key_match(conn, definition_, 'p', 'b')})"
+                if definition_.primary_key else "")
+        hit = conn.execute(text(f"SELECT count(*) FROM {owner} AS ch WHERE EXISTS (SELECT 1 FROM {qt} AS p "
+                                f"WHERE {links}{gone})")).scalar()
+        if hit:
+            raise RestoreFailed(
+                f"restoring {manifest.table} would delete rows that {hit} row(s) of {owner} reference through "
+                f"foreign key {name} (ON DELETE acts on them), and {owner} is not in the backup; the restore "
+                f"was rolled back, nothing changed. Add {owner} to backup.tables, or deal with those rows first.")
 
 
 def _key_match(conn: Connection, definition_: TableDefinition, left: str, right: str) -> str:
