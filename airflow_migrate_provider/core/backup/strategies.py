@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_PREFIX = "airflow_migrate_bak_"
 _ATTACHED = "airflow_migrate_restore"
 _SPACE_MARGIN = 1.1  # free space wanted, as a multiple of the tables' size on disk
+_PROGRESS_SECONDS = 5.0  # a long pg_dump logs how much it has written this often
 
 
 def default_location() -> str:
@@ -340,12 +341,25 @@ class PgDumpStrategy(Strategy):
             env["PGPASSWORD"] = str(url.password)
         return dsn, env
 
-    def _run(self, args: list[str], env: dict[str, str], what: str) -> subprocess.CompletedProcess[bytes]:
-        done = subprocess.run(args, env=env, capture_output=True, check=False)
-        if done.returncode != 0:
-            detail = mask_text(done.stderr.decode(errors="replace").strip()) or f"exit code {done.returncode}"
-            raise BackupFailed(f"{what} failed: {detail}")
-        return done
+    def _run(self, args: list[str], env: dict[str, str], what: str, watch: Path | None = None) -> None:
+        """Run a client tool; while it runs, log every few seconds how much of ``watch`` it has written."""
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as stderr:
+            proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            while True:
+                try:
+                    proc.wait(timeout=_PROGRESS_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if watch is not None and watch.exists():
+                        written = watch.stat().st_size
+                        log.info("backup: %s: %s written in %.0f s (%s/s)", what, human_size(written),
+                                 time.monotonic() - started,
+                                 human_size(int(written / max(time.monotonic() - started, 1e-3))))
+            stderr.seek(0)
+            err = stderr.read().decode(errors="replace").strip()
+        if proc.returncode != 0:
+            raise BackupFailed(f"{what} failed: {mask_text(err) or f'exit code {proc.returncode}'}")
 
     def create(self, engine: Engine, dialect: Dialect, backup_id: str, present: dict[str, TableDefinition],
                lock_writes: bool) -> Copy:
@@ -366,7 +380,8 @@ class PgDumpStrategy(Strategy):
                     copy.stored_as = {t: _qualified(conn, t) for t in present}
                     patterns = [arg for t in present for arg in ("-t", _pg_pattern(copy.stored_as[t]))]
                     self._run([self.tool("pg_dump"), "--format=custom", "--no-owner", f"--snapshot={snapshot}",
-                               f"--file={path}", *patterns, dsn], env, f"pg_dump of {', '.join(present)}")
+                               f"--file={path}", *patterns, dsn], env, f"pg_dump of {', '.join(present)}",
+                              watch=path)
                     for table, definition in present.items():
                         copy.live[table] = fingerprint(conn, quote_table(conn, table), definition.insertable)
         except BaseException:
