@@ -7,6 +7,8 @@ under the test's tmp_path; ``STRATEGY_CASES`` lists every strategy on every dial
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,18 @@ class Target:
 def open_target(db: Any, strategy: str, location: Path) -> Target:
     engine = create_engine(db.sqlalchemy_url)
     return Target(db, engine, dialect_for(engine), strategy, location)
+
+
+@contextmanager
+def target_of(request: Any, tmp_path: Path) -> Iterator[Target]:
+    """For a fixture parametrized with STRATEGY_CASES: an empty database of the case's dialect."""
+    dialect, strategy = request.param
+    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
+    t = open_target(db, strategy, tmp_path / "backups")
+    try:
+        yield t
+    finally:
+        t.engine.dispose()
 
 
 def sqlite_file_rows(path: str | Path, query: str) -> list[tuple]:

@@ -20,6 +20,7 @@ from backup_it_support import (
     seed_customers_orders,
     seed_other,
     seed_users,
+    target_of,
 )
 from sqlalchemy import exc as sa_exc
 
@@ -33,11 +34,8 @@ CREATES_AUDIT = "UPDATE users SET theme = 'light'; CREATE TABLE audit (id INTEGE
 
 @pytest.fixture(params=STRATEGY_CASES)
 def target(request, tmp_path):
-    dialect, strategy = request.param
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
-    t = open_target(db, strategy, tmp_path / "backups")
-    yield t
-    t.engine.dispose()
+    with target_of(request, tmp_path) as t:
+        yield t
 
 
 @pytest.fixture(params=["snapshot", "pg_dump"])
@@ -223,7 +221,7 @@ def test_restore_never_cascades_into_a_table_outside_the_backup(target, fingerpr
           "UPDATE customers SET name = 'ANN' WHERE id = 1")
     damaged = fingerprint(t.db)
 
-    with pytest.raises(RestoreFailed, match="nothing changed|rolled back"):
+    with pytest.raises(RestoreFailed, match=r"nothing changed|rolled back"):
         restore_backup(t.engine, b)
 
     assert fingerprint(t.db) == damaged

@@ -16,6 +16,7 @@ from backup_it_support import (
     seed_other,
     seed_users,
     sqlite_file_rows,
+    target_of,
     who,
 )
 
@@ -31,11 +32,8 @@ USERS_COLUMNS = ["id", "email", "theme", "balance", "seen", "prefs", "avatar"]
 
 @pytest.fixture(params=STRATEGY_CASES)
 def target(request, tmp_path):
-    dialect, strategy = request.param
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
-    t = open_target(db, strategy, tmp_path / "backups")
-    yield t
-    t.engine.dispose()
+    with target_of(request, tmp_path) as t:
+        yield t
 
 
 @pytest.fixture
