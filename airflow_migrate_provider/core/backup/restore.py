@@ -68,10 +68,13 @@ def _expected(manifest: TableManifest) -> str:
     return str(manifest.fingerprint) if manifest.present else "absent"
 
 
-def compare(conn: Connection, backup: Backup) -> list[TableState]:
-    """Each manifest table now versus when it was backed up: definition, row count and checksum."""
+def compare(conn: Connection, backup: Backup, only: set[str] | None = None) -> list[TableState]:
+    """Each manifest table (or each of ``only``) now versus when it was backed up: definition, row count and
+    checksum."""
     states = []
     for manifest in backup.tables:
+        if only is not None and manifest.table not in only:
+            continue
         exists = table_exists(conn, manifest.table)
         if not manifest.present:
             states.append(TableState(manifest.table, "absent", "exists" if exists else "absent", not exists,
@@ -130,6 +133,7 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
         try:
             with conn.begin():
                 states = compare(conn, backup)
+                after = {s.table: s for s in states}
                 todo = [s for s in states if not s.equal and (only is None or s.table in only)]
                 if todo:
                     log.warning("restoring %d table(s) from backup %s: %s", len(todo), backup.id,
@@ -137,7 +141,7 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
                     _restore(conn, strategy, backup, todo)
                     if sqlite:
                         _sqlite_fk_check(conn)
-                    _verify_before_commit(conn, backup, todo)
+                    after.update({s.table: s for s in _verify_before_commit(conn, backup, todo)})
                 for state in states:
                     state.action = next((s.action for s in todo if s.table == state.table), "unchanged")
         except sa_exc.SQLAlchemyError as exc:
@@ -147,7 +151,6 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
             strategy.finish_restore(conn, backup)
             if sqlite:
                 raw.execute("PRAGMA foreign_keys = ON")
-    after = {s.table: s for s in compare_backup(engine, backup)}
     for state in states:
         state.actual, state.equal = after[state.table].actual, after[state.table].equal
     report.tables, report.duration_s = states, time.monotonic() - started
@@ -160,14 +163,17 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
     return report
 
 
-def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableState]) -> None:
-    """The restored tables must equal the manifest before the restore commits; otherwise it rolls back."""
+def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableState]) -> list[TableState]:
+    """The restored tables must equal the manifest before the restore commits; otherwise it rolls back.
+    Returns the restored tables' states, which the report shows (the commit does not change them)."""
     restored = {s.table for s in todo}
-    wrong = [s for s in compare(conn, backup) if s.table in restored and not s.equal]
+    checked = compare(conn, backup, only=restored)
+    wrong = [s for s in checked if not s.equal]
     if wrong:
         detail = "; ".join(f"{s.table}: expected {s.expected}, got {s.actual}" for s in wrong)
         raise RestoreFailed(f"restoring from backup {backup.id} did not reproduce the manifest ({detail}); the "
                             f"restore was rolled back, nothing changed")
+    return checked
 
 
 def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:
@@ -186,12 +192,15 @@ def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[Ta
                 _set_action(todo, manifest.table, "rebuilt")
         ordered = _dependency_order(sync)
         restoring = {quote_table(conn, m.table) for m in [*drop, *rebuild, *sync]}
-        for manifest in reversed(ordered):
+        diffs: dict[str, str] = {}
+        for index, manifest in enumerate(reversed(ordered)):
             if conn.dialect.name == "postgresql":
                 _refuse_cascades(conn, manifest, sources[manifest.table], restoring)
-            _delete_extra(conn, manifest, sources[manifest.table])
+                if manifest.table_definition.primary_key:
+                    diffs[manifest.table] = _diff_keys(conn, manifest, sources[manifest.table], index)
+            _delete_extra(conn, manifest, sources[manifest.table], diffs.get(manifest.table))
         for manifest in ordered:
-            _update_and_insert(conn, manifest, sources[manifest.table])
+            _update_and_insert(conn, manifest, sources[manifest.table], diffs.get(manifest.table))
             _set_action(todo, manifest.table, "synchronised")
 
 
@@ -254,12 +263,15 @@ def _rebuild(conn: Connection, manifests: list[TableManifest], sources: dict[str
         conn.execute(text(f"DROP TABLE IF EXISTS {main}{qt}"))
         if postgres:
             new_sequences = _create_missing_sequences(conn, definition_)
-        for ddl in definition_.create:
+        # PostgreSQL: CREATE TABLE, then the rows, then the constraints (primary key, unique, check...): an
+        # index built once over the rows instead of updated row by row. SQLite: one CREATE TABLE with them.
+        table_ddl, constraints = definition_.create[:1], definition_.create[1:]
+        for ddl in table_ddl:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
         _insert_all(conn, manifest.table, definition_.insertable, sources[manifest.table])
         if postgres:
             _continue_sequences(conn, manifest.table, new_sequences, handed_out)
-        for ddl in definition_.indexes:
+        for ddl in [*constraints, *definition_.indexes]:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
         log.info("restore: rebuilt %s from its backed-up definition and rows", manifest.table)
     for manifest in manifests:
@@ -330,11 +342,39 @@ def _drop_external_fks(conn: Connection, table: str, rebuilt: list[str]) -> list
     return readd
 
 
-def _delete_extra(conn: Connection, manifest: TableManifest, source: str) -> None:
+def _diff_keys(conn: Connection, manifest: TableManifest, source: str, index: int) -> str:
+    """PostgreSQL, a table with a primary key: one FULL JOIN of the table and its backed-up rows keeps the keys
+    whose rows differ in a temporary table (dropped at commit), with ``extra`` (only in the table) and
+    ``missing`` (only in the backup); the deletes, updates and inserts then touch only those keys."""
+    definition_ = manifest.table_definition
+    prep = conn.dialect.identifier_preparer
+    qt = quote_table(conn, manifest.table)
+    name = f"airflow_migrate_diff_{index}"
+    keys = definition_.primary_key
+    first = prep.quote_identifier(keys[0])  # a primary key column is never null: null = no row on that side
+    values = [c for c in definition_.insertable if c not in keys]
+    differs = (f" OR ({_cols(conn, values, 'l.')})::text IS DISTINCT FROM ({_cols(conn, values, 'b.')})::text"
+               if values else "")
+    key_cols = ", ".join(f"coalesce(l.{prep.quote_identifier(k)}, b.{prep.quote_identifier(k)}) AS "
+                         f"{prep.quote_identifier(k)}" for k in keys)
+    conn.execute(text(
+        f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS SELECT {key_cols}, b.{first} IS NULL AS extra, "
+        f"l.{first} IS NULL AS missing FROM {qt} AS l FULL JOIN {source} AS b "
+        f"ON {_key_match(conn, definition_, 'l', 'b')} WHERE l.{first} IS NULL OR b.{first} IS NULL{differs}"))
+    conn.execute(text(f"ANALYZE {name}"))
+    return name
+
+
+def _delete_extra(conn: Connection, manifest: TableManifest, source: str, diff: str | None = None) -> None:
     definition_ = manifest.table_definition
     qt = quote_table(conn, manifest.table)
     if not definition_.primary_key:
         conn.execute(text(f"DELETE FROM {qt}"))
+        return
+    if diff is not None:
+        deleted = conn.execute(text(f"DELETE FROM {qt} USING {diff} AS d WHERE d.extra AND "
+                                    f"{_key_match(conn, definition_, qt, 'd')}"))
+        log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
         return
     match = _key_match(conn, definition_, qt, "b")
     deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
@@ -379,7 +419,7 @@ def _key_match(conn: Connection, definition_: TableDefinition, left: str, right:
                         for k in definition_.primary_key)
 
 
-def _update_and_insert(conn: Connection, manifest: TableManifest, source: str) -> None:
+def _update_and_insert(conn: Connection, manifest: TableManifest, source: str, diff: str | None = None) -> None:
     definition_ = manifest.table_definition
     qt = quote_table(conn, manifest.table)
     columns = definition_.insertable
@@ -389,6 +429,19 @@ def _update_and_insert(conn: Connection, manifest: TableManifest, source: str) -
     prep = conn.dialect.identifier_preparer
     values = [c for c in columns if c not in definition_.primary_key]
     bare = prep.quote_identifier(split_name(manifest.table)[1])
+    if diff is not None:  # PostgreSQL: only the keys _diff_keys found
+        if values:
+            updated = conn.execute(text(
+                f"UPDATE {qt} SET ({_cols(conn, values)}) = ROW({_cols(conn, values, 'b.')}) FROM {source} AS b "
+                f"JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE NOT d.extra AND NOT d.missing "
+                f"AND {_key_match(conn, definition_, bare, 'd')}"))
+            log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
+                     updated.rowcount)
+        inserted = conn.execute(text(
+            f"INSERT INTO {qt} ({_cols(conn, columns)}) OVERRIDING SYSTEM VALUE SELECT {_cols(conn, columns, 'b.')} "
+            f"FROM {source} AS b JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE d.missing"))
+        log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
+        return
     if values:
         if conn.dialect.name == "postgresql":
             differs = (f"({_cols(conn, values, f'{bare}.')})::text IS DISTINCT FROM "
