@@ -14,7 +14,8 @@ from airflow_migrate_provider.core.backup.tables import TableDefinition, definit
 from airflow_migrate_provider.core.backup.touched import touched_tables
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import RunIdentity, utcnow
-from airflow_migrate_provider.errors import BackupFailed, MigrateError
+from airflow_migrate_provider.errors import BackupFailed, MigrateError, db_error_line
+from airflow_migrate_provider.masking import mask_text
 from airflow_migrate_provider.plan.model import BackupSpec, Plan
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def make_backup(engine: Engine, dialect: Dialect, plan: Plan, who: RunIdentity) 
     try:
         manifests, size = _copy_and_verify(engine, dialect, strategy, backup_id, definitions, spec.lock_writes)
     except BaseException as exc:
-        failure = exc if isinstance(exc, MigrateError) else BackupFailed(f"backup {backup_id} failed: {exc}")
+        wrap = isinstance(exc, Exception) and not isinstance(exc, MigrateError)  # not a kill: keep it as it is
+        failure = BackupFailed(f"backup {backup_id} failed: {mask_text(db_error_line(exc))}") if wrap else exc
         catalog.finish(backup_id, "failed", error=str(failure), duration_s=time.monotonic() - started)
         try:
             strategy.drop(engine, _partial(catalog.get(backup_id), backup_id, definitions))
