@@ -376,7 +376,7 @@ def _delete_extra(conn: Connection, manifest: TableManifest, source: str, diff: 
                                     f"{_key_match(conn, definition_, qt, 'd')}"))
         log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
         return
-    match = _key_match(conn, definition_, qt, "b")
+    match = _key_match(conn, definition_, qt, "b")  # SQLite: PostgreSQL passes the keys of _diff_keys
     deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
     log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
 
@@ -442,25 +442,17 @@ def _update_and_insert(conn: Connection, manifest: TableManifest, source: str, d
             f"FROM {source} AS b JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE d.missing"))
         log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
         return
+    # SQLite (PostgreSQL tables with a primary key always take the _diff_keys path above)
     if values:
-        if conn.dialect.name == "postgresql":
-            differs = (f"({_cols(conn, values, f'{bare}.')})::text IS DISTINCT FROM "
-                       f"({_cols(conn, values, 'b.')})::text") if len(values) > 1 else (
-                f"{bare}.{prep.quote_identifier(values[0])}::text IS DISTINCT FROM "
-                f"b.{prep.quote_identifier(values[0])}::text")
-            sets = f"({_cols(conn, values)}) = ROW({_cols(conn, values, 'b.')})"
-        else:
-            differs = " OR ".join(f"{bare}.{prep.quote_identifier(c)} IS NOT b.{prep.quote_identifier(c)}"
-                                  for c in values)
-            sets = ", ".join(f"{prep.quote_identifier(c)} = b.{prep.quote_identifier(c)}" for c in values)
+        differs = " OR ".join(f"{bare}.{prep.quote_identifier(c)} IS NOT b.{prep.quote_identifier(c)}"
+                              for c in values)
+        sets = ", ".join(f"{prep.quote_identifier(c)} = b.{prep.quote_identifier(c)}" for c in values)
         updated = conn.execute(text(f"UPDATE {qt} SET {sets} FROM {source} AS b "
                                     f"WHERE {_key_match(conn, definition_, bare, 'b')} AND ({differs})"))
         log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
                  updated.rowcount)
-    overriding = " OVERRIDING SYSTEM VALUE" if conn.dialect.name == "postgresql" else ""
-    cols = _cols(conn, columns)
     inserted = conn.execute(text(
-        f"INSERT INTO {qt} ({cols}){overriding} SELECT {_cols(conn, columns, 'b.')} FROM {source} AS b "
+        f"INSERT INTO {qt} ({_cols(conn, columns)}) SELECT {_cols(conn, columns, 'b.')} FROM {source} AS b "
         f"WHERE NOT EXISTS (SELECT 1 FROM {qt} AS live WHERE {_key_match(conn, definition_, 'live', 'b')})"))
     log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
 
