@@ -141,8 +141,9 @@ def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:
         return "", ""
     import json
 
+    from airflow_migrate_provider.core.backup.restore import TableState
     from airflow_migrate_provider.core.backup.retention import backups_table, plan_backups
-    from airflow_migrate_provider.core.summary import format_table
+    from airflow_migrate_provider.core.rollback import tables_after_rollback
     from airflow_migrate_provider.hooks.migration import MigrationHook
     from airflow_migrate_provider.operators.verify import report_dir
 
@@ -159,9 +160,7 @@ def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:
             lines.append(f"rollback stopped at the point of no return '{report['stopped_at']}'")
         if report.get("tables"):
             lines.append("data after rollback, table by table, against the backup taken before the run:")
-            lines.append(format_table(["table", "before the run", "after rollback", "how", "equal"], [
-                [t["table"], t["expected"], t["actual"], t["action"] or "down SQL", "yes" if t["equal"] else "NO"]
-                for t in report["tables"]]))
+            lines.append(tables_after_rollback([TableState(**t) for t in report["tables"]]))
     return backups_table(mine) if mine else "no backup was made", "\n".join(lines)
 
 

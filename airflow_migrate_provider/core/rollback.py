@@ -46,9 +46,13 @@ class RollbackReport:
         return "; ".join(parts)
 
     def tables_table(self) -> str:
-        rows = [[t.table, t.expected, t.actual, t.action or "down SQL", "yes" if t.equal else "NO"]
-                for t in self.tables]
-        return format_table(["table", "before the run", "after rollback", "how", "equal"], rows)
+        return tables_after_rollback(self.tables)
+
+
+def tables_after_rollback(tables: list[TableState]) -> str:
+    """Each backed-up table before the run and after the rollback, and how it got back (for logs and the CLI)."""
+    rows = [[t.table, t.expected, t.actual, t.action or "down SQL", "yes" if t.equal else "NO"] for t in tables]
+    return format_table(["table", "before the run", "after rollback", "how", "equal"], rows)
 
 
 def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: Backup | None = None,
