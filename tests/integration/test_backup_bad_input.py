@@ -56,20 +56,21 @@ def snapshot_target(request, tmp_path):
     t.engine.dispose()
 
 
-@pytest.fixture
-def pg_snapshot(pg_database, tmp_path):
-    t = open_target(pg_database, "snapshot", tmp_path / "backups")
+def seeded_pg(pg_database, tmp_path, strategy: str):
+    t = open_target(pg_database, strategy, tmp_path / "backups")
     seed_users(t)
     yield t
     t.engine.dispose()
+
+
+@pytest.fixture
+def pg_snapshot(pg_database, tmp_path):
+    yield from seeded_pg(pg_database, tmp_path, "snapshot")
 
 
 @pytest.fixture
 def pg_file_target(pg_database, tmp_path):
-    t = open_target(pg_database, "pg_dump", tmp_path / "backups")
-    seed_users(t)
-    yield t
-    t.engine.dispose()
+    yield from seeded_pg(pg_database, tmp_path, "pg_dump")
 
 
 def fails(t, fingerprint, match: str, *ups: str, **backup) -> BackupFailed:
