@@ -94,6 +94,12 @@ class Deployment:
         self._wait(lambda: self.client.get(f"/dags/{dag_id}").status_code == 200, 120, f"DAG {dag_id} to be parsed")
         self.client.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
 
+    def wait_for_import_errors(self) -> list[dict[str, Any]]:
+        """The import errors once there are any: the dag processor parses files in its own order, so the good
+        DAGs can be listed before a broken file's error is stored."""
+        return self._wait(lambda: self.client.get("/importErrors").json()["import_errors"], 120,
+                          "an import error to be recorded")
+
     def trigger(self, dag_id: str) -> str:
         response = self.client.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None})
         response.raise_for_status()
@@ -164,7 +170,7 @@ def test_broken_plan_is_one_import_error_and_the_others_load(deployment):
     dep.wait_for_dag("add_user_preferences_pg")
     dep.wait_for_dag("add_user_preferences_failing")
 
-    errors = dep.client.get("/importErrors").json()["import_errors"]
+    errors = dep.wait_for_import_errors()
 
     assert [e["filename"] for e in errors] == ["plans/broken.py"]
     assert "broken.yaml:4:5: steps.0: step 'a' has no `down`" in errors[0]["stack_trace"]
