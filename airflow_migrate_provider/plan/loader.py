@@ -10,6 +10,9 @@ has to edit; they are looked up in the node tree only when there is an error to 
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +187,31 @@ def _compose(text: str, path: str) -> yaml.Node:
     return root
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a plan is parsed.
+
+    Parsing allocates a node per scalar and builds containers that all stay alive until the end, so every
+    collection the allocations trigger finds nothing to free, and the older generations are scanned again
+    and again as they grow: a 10 MB plan took 3x longer with the collector on. Nothing made here forms a
+    cycle that needs the collector (a recursive YAML alias is freed at the next collection after this).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def parse_plan(text: str, path: str = "<plan>") -> Plan:
     """Parse and validate plan YAML text; raise PlanError listing every problem found."""
+    with _gc_paused():
+        return _parse(text, path)
+
+
+def _parse(text: str, path: str) -> Plan:
     root = _compose(text, path)
     builder = _Builder()
     data = builder.build(root)
