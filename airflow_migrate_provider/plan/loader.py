@@ -31,6 +31,8 @@ SELF_DESCRIBING_ERRORS = frozenset(
 _TAG = "tag:yaml.org,2002:"
 STR_TAG, NULL_TAG, MAP_TAG, SEQ_TAG = _TAG + "str", _TAG + "null", _TAG + "map", _TAG + "seq"
 CORE_TAGS = frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp"))
+_VALIDATED_KEEP = 16  # plans kept by validated_plan: one per DAG of a parsing process is plenty
+_validated: dict[int, tuple[dict[str, Any], Plan]] = {}
 # the C loader when PyYAML was built with libyaml; errors are re-parsed with the pure-Python one (see _compose)
 FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -251,3 +253,22 @@ def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; raise PlanError (never a bare traceback) on any problem."""
     path = Path(path)
     return parse_plan(read_plan_text(path), str(path))
+
+
+def validated_plan(data: dict[str, Any]) -> Plan:
+    """``Plan.model_validate(data)``, validated once per dict object.
+
+    For the operators' ``plan``: every operator of a DAG holds the same plan dict (``build_dag`` dumps the
+    plan once), and ``plan`` is read many times per task, and once per task by ``airflow-migrate render``.
+    Keyed by the dict's identity; the entry keeps the dict alive, so the id cannot be reused by another
+    one. A copied operator (Airflow deep-copies tasks) holds a copy of the dict and gets its own entry.
+    Plan dicts are never changed in place (a task's dict comes from the DAG file, parsed again per run).
+    """
+    entry = _validated.get(id(data))
+    if entry is not None and entry[0] is data:
+        return entry[1]
+    plan = Plan.model_validate(data)
+    if len(_validated) >= _VALIDATED_KEEP:
+        del _validated[next(iter(_validated))]  # the oldest
+    _validated[id(data)] = (data, plan)
+    return plan
