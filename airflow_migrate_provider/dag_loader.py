@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from airflow_migrate_provider.errors import PlanError
-from airflow_migrate_provider.plan.loader import load_plan
+from airflow_migrate_provider.plan.loader import parse_plan, read_plan_text
 
 log = logging.getLogger(__name__)
 PLAN_SUFFIXES = (".yaml", ".yml")
@@ -43,10 +43,11 @@ def dag_from_plan_file(path: str | Path):  # -> airflow.sdk.DAG (imported lazily
 
     path = Path(path)
     try:
-        plan = load_plan(path)
+        text = read_plan_text(path)  # read once: validated, and shown in the DAG's docs
+        plan = parse_plan(text, str(path))
     except PlanError as exc:
         raise PlanImportError(f"invalid migration plan {path.name}:\n{exc}") from None
-    return build_dag(plan, source_text=path.read_text(encoding="utf-8"), plan_dir=str(path.parent))
+    return build_dag(plan, source_text=text, plan_dir=str(path.parent))
 
 
 def dag_from_shim(shim_path: str | Path):

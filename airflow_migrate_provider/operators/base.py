@@ -44,7 +44,10 @@ class MigrationOperator(BaseOperator):
 
     @property
     def plan(self) -> Plan:
-        return Plan.model_validate(self.plan_data)
+        """The validated plan; validated once per plan dict, not on every access (see validated_plan)."""
+        from airflow_migrate_provider.plan.loader import validated_plan
+
+        return validated_plan(self.plan_data)
 
     def who(self, context: Context) -> RunIdentity:
         ti = context["ti"]
