@@ -3,6 +3,11 @@
 How PostgreSQL is found (DESIGN.md "Real components"): ``MIGRATE_TEST_PG_URL``, then pytest-docker where
 a Docker engine works, then the local server on 127.0.0.1:5432. With ``CI=true`` a missing server fails
 the tests that need it instead of skipping them.
+
+Parallel runs (pytest-xdist, ``./scripts/test`` uses ``-n 2 --dist loadgroup``): every worker process has
+its own Airflow home and SQLite metadata DB (named after its worker id, gw0, gw1, ...), and its test
+databases are named ``migtest_<worker>_<random>``. Tests that must share a process are kept together by
+``xdist_group`` marks set in :func:`pytest_collection_modifyitems`.
 """
 
 from __future__ import annotations
@@ -11,18 +16,26 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
+# Which pytest process this is: gw0, gw1, ... under pytest-xdist, "main" without it.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
 # Airflow reads its configuration on first import: this must run before anything imports airflow.
-_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-migrate-tests-"))
+# One home and one metadata DB per worker process (an inherited SQL_ALCHEMY_CONN would make the workers'
+# resetdb wipe each other's).
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix=f"airflow-migrate-tests-{WORKER}-"))
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_AIRFLOW_HOME / "dags")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
@@ -98,7 +111,7 @@ def new_pg_database(server_url: str) -> Iterator[TestDatabase]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    name = f"migtest_{uuid.uuid4().hex[:12]}"
+    name = f"migtest_{WORKER}_{uuid.uuid4().hex[:12]}".lower()
     admin = create_engine(_sqlalchemy_pg(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -202,3 +215,44 @@ def fingerprint():
 def pg_database_factory(pg_server_url: str):
     """``with pg_database_factory() as db:`` for databases that outlive one test (module fixtures)."""
     return lambda: new_pg_database(pg_server_url)
+
+
+@pytest.fixture
+def cli(capfd):
+    """``cli(*args)`` → a CompletedProcess: ``airflow-migrate ARGS`` run in this process, through the console
+    script's own ``main()`` (so a MigrateError is one ``error: ...`` line and exit 1, as for a user), with
+    stdout/stderr captured at the file-descriptor level, the log records the command emits (task logs
+    included) appended to stderr as the script's log handler would print them, and every environment
+    variable the command sets (connections, Airflow home) undone afterwards. Saves the 3-15 s of a new
+    interpreter importing Airflow per command; ``test_cli_commands.py`` keeps one smoke test of the
+    installed script."""
+    import io
+    import logging
+
+    from airflow_migrate_provider.cli import main
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess:
+        argv = ["airflow-migrate", *map(str, args)]
+        capfd.readouterr()  # only this command's output
+        logs = io.StringIO()
+        handler = logging.StreamHandler(logs)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+        message = ""
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            with patch.object(sys, "argv", argv), patch.dict(os.environ):
+                try:
+                    main()
+                    code = 0
+                except SystemExit as exc:
+                    if isinstance(exc.code, str):
+                        code, message = 1, exc.code + "\n"
+                    else:
+                        code = exc.code or 0
+        finally:
+            root.removeHandler(handler)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err + message + logs.getvalue())
+
+    return run

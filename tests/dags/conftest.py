@@ -36,3 +36,14 @@ def legacy_pg(pg_database_factory, monkeypatch):
         seed(source)
         monkeypatch.setenv(connection_env_name("legacy_db"), source.airflow_uri)
         yield source
+
+
+@pytest.fixture
+def cli(cli, airflow_db, monkeypatch):
+    """The in-process ``cli`` (tests/conftest.py) for commands that run a DAG. In this process Airflow is
+    configured already (this worker's home, set up once by ``airflow_db``), so ``run``/``demo`` use that
+    metadata DB; they skip their own reset of it (3 s each, and a reset would disarm pytest-timeout)."""
+    from airflow_migrate_provider import local_run
+
+    monkeypatch.setattr(local_run, "init_metadata_db", lambda: None)
+    return cli

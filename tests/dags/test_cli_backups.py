@@ -1,10 +1,10 @@
-"""``airflow-migrate backups list|prune`` and ``airflow-migrate restore``, run as a user would (the console
-script in a subprocess), against backups made with ``make_backup`` in real SQLite and PostgreSQL targets."""
+"""``airflow-migrate backups list|prune`` and ``airflow-migrate restore``, run as a user would (through the
+console script's ``main()``, in process: the ``cli`` fixture), against backups made with ``make_backup`` in
+real SQLite and PostgreSQL targets."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +21,8 @@ from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.plan.loader import load_plan
 
 pytestmark = pytest.mark.timeout(240)
-CLI = str(Path(sys.executable).parent / "airflow-migrate")
 SECRET = "hunter2-s3cret"
 PLAN_ID = "cli_backups_plan"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=200)
 
 
 def write_plan(tmp_path: Path, strategy: str, location: Path | None = None) -> Path:
@@ -84,7 +79,7 @@ def assert_secret_kept(secret: str, *results: subprocess.CompletedProcess) -> No
         assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_list_shows_the_backups_and_prune_removes_them(target, tmp_path):
+def test_list_shows_the_backups_and_prune_removes_them(target, tmp_path, cli):
     db, engine, _ = target
     plan = write_plan(tmp_path, "snapshot")
     conn, secret = conn_arg(db)
@@ -132,7 +127,7 @@ def test_list_shows_the_backups_and_prune_removes_them(target, tmp_path):
     assert_secret_kept(secret, listed, dry, pruned, named, nothing, relisted, gone)
 
 
-def test_prune_refuses_the_backup_of_the_run_holding_the_lock(target, tmp_path):
+def test_prune_refuses_the_backup_of_the_run_holding_the_lock(target, tmp_path, cli):
     db, engine, _ = target
     plan = write_plan(tmp_path, "snapshot")
     conn, secret = conn_arg(db)
@@ -149,7 +144,7 @@ def test_prune_refuses_the_backup_of_the_run_holding_the_lock(target, tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["snapshot", "file"])
-def test_restore_brings_corrupted_tables_back(target, tmp_path, fingerprint, strategy):
+def test_restore_brings_corrupted_tables_back(target, tmp_path, fingerprint, strategy, cli):
     db, engine, _ = target
     strategy = {"file": "sqlite_backup" if db.dialect == "sqlite" else "pg_dump"}.get(strategy, strategy)
     plan = write_plan(tmp_path, strategy, location=tmp_path / "backups")
@@ -183,7 +178,7 @@ def test_restore_brings_corrupted_tables_back(target, tmp_path, fingerprint, str
     assert_secret_kept(secret, restored, again)
 
 
-def test_restore_with_an_unknown_backup_id_fails_with_one_clear_line(target, tmp_path):
+def test_restore_with_an_unknown_backup_id_fails_with_one_clear_line(target, tmp_path, cli):
     db, _, _ = target
     plan = write_plan(tmp_path, "snapshot")
     conn, secret = conn_arg(db)
@@ -199,7 +194,7 @@ def test_restore_with_an_unknown_backup_id_fails_with_one_clear_line(target, tmp
     assert_secret_kept(secret, result)
 
 
-def test_restore_is_refused_while_a_run_holds_the_plans_lock(target, tmp_path):
+def test_restore_is_refused_while_a_run_holds_the_plans_lock(target, tmp_path, cli):
     db, engine, _ = target
     plan = write_plan(tmp_path, "snapshot")
     conn, secret = conn_arg(db)
@@ -218,7 +213,7 @@ def test_restore_is_refused_while_a_run_holds_the_plans_lock(target, tmp_path):
     assert_secret_kept(secret, result)
 
 
-def test_backups_list_of_a_target_without_backups(target, tmp_path):
+def test_backups_list_of_a_target_without_backups(target, tmp_path, cli):
     db, engine, _ = target
     plan = write_plan(tmp_path, "snapshot")
     conn, secret = conn_arg(db)

@@ -1,7 +1,14 @@
-"""The airflow-migrate console script, run as a user would: demo, run, render, status."""
+"""The airflow-migrate CLI as a user runs it: demo, run, render, status.
+
+The commands run in the test process through the console script's ``main()`` (the ``cli`` fixture, in
+tests/conftest.py and tests/dags/conftest.py): a subprocess per command cost a fresh Airflow import and
+metadata DB each. One smoke test runs the installed ``airflow-migrate`` script in a subprocess, with a
+clean environment, as a user would.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +21,10 @@ pytestmark = [pytest.mark.dag, pytest.mark.timeout(240)]
 CLI = str(Path(sys.executable).parent / "airflow-migrate")
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=200, cwd=cwd)
+def run_installed_script(*args: str) -> subprocess.CompletedProcess:
+    """The console script in its own process, without the test session's Airflow settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST_"))}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=200, env=env)
 
 
 def write_plan(tmp_path: Path, data: dict) -> Path:
@@ -24,10 +33,13 @@ def write_plan(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def test_demo_runs_the_example_plan_on_sqlite(tmp_path):
-    result = cli("demo", "--workdir", str(tmp_path / "demo"))
+def test_installed_script_runs_the_demo_in_its_own_airflow_home(tmp_path):
+    """The smoke test of the entry point: the script sets up a fresh Airflow home (metadata DB included)
+    before anything imports Airflow, and runs the demo there."""
+    result = run_installed_script("demo", "--workdir", str(tmp_path / "demo"))
 
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "demo" / "airflow" / "airflow.db").is_file()
     out = result.stdout
     assert "DAG run: success" in out
     for step in ("create_user_preferences", "index_updated_at", "move_preferences"):
@@ -40,7 +52,7 @@ def test_demo_runs_the_example_plan_on_sqlite(tmp_path):
     assert "Traceback" not in out
 
 
-def test_demo_with_an_injected_failure_rolls_back_and_exits_1(tmp_path):
+def test_demo_with_an_injected_failure_rolls_back_and_exits_1(tmp_path, cli):
     result = cli("demo", "--workdir", str(tmp_path / "demo"), "--fail-at", "move_preferences")
 
     assert result.returncode == 1, result.stderr[-3000:]
@@ -52,7 +64,7 @@ def test_demo_with_an_injected_failure_rolls_back_and_exits_1(tmp_path):
     assert "user_preferences(" not in out
 
 
-def test_run_exits_1_when_the_migration_fails_and_status_shows_the_ledger(pg_database, tmp_path):
+def test_run_exits_1_when_the_migration_fails_and_status_shows_the_ledger(pg_database, tmp_path, cli):
     seed(pg_database)
     plan = write_plan(tmp_path, example_plan("postgresql", break_verify(2)))
     conn = f"app_db={pg_database.airflow_uri}"
@@ -70,7 +82,7 @@ def test_run_exits_1_when_the_migration_fails_and_status_shows_the_ledger(pg_dat
     assert "lock: free" in status.stdout
 
 
-def test_run_without_the_plans_connection_is_refused_before_anything_runs(tmp_path):
+def test_run_without_the_plans_connection_is_refused_before_anything_runs(tmp_path, cli):
     plan = write_plan(tmp_path, example_plan("sqlite"))
 
     result = cli("run", str(plan))
@@ -80,7 +92,7 @@ def test_run_without_the_plans_connection_is_refused_before_anything_runs(tmp_pa
     assert "Traceback" not in result.stderr
 
 
-def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path):
+def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path, cli):
     plan = write_plan(tmp_path, example_plan("postgresql"))
 
     result = cli("render", str(plan), "--conn", "app_db=postgresql://app:hunter2@db.internal:5432/app")
@@ -97,7 +109,7 @@ def test_render_shows_groups_and_sql_and_masks_secrets(tmp_path):
     assert "rollback.revert_applied  <RollbackOperator> (teardown)" in out
 
 
-def test_render_takes_the_dialect_from_the_target_uri(tmp_path):
+def test_render_takes_the_dialect_from_the_target_uri(tmp_path, cli):
     plan = write_plan(tmp_path, example_plan("sqlite"))
 
     result = cli("render", str(plan), "--conn", f"app_db=sqlite:///{tmp_path}/app.db")
@@ -107,7 +119,7 @@ def test_render_takes_the_dialect_from_the_target_uri(tmp_path):
     assert "    ALTER TABLE users DROP COLUMN theme;" in result.stdout  # one statement per line group
 
 
-def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path):
+def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path, cli):
     plan = tmp_path / "broken.yaml"
     plan.write_text("id: x\nconnections: {target: a}\nsteps: []\n")
 
@@ -118,7 +130,7 @@ def test_render_of_a_broken_plan_prints_the_problem_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_run_against_an_unreachable_database_is_one_clear_message(tmp_path):
+def test_run_against_an_unreachable_database_is_one_clear_message(tmp_path, cli):
     plan = write_plan(tmp_path, example_plan("postgresql"))
 
     result = cli("run", str(plan), "--conn", "app_db=postgresql://app:hunter2@127.0.0.1:1/app")
@@ -129,7 +141,7 @@ def test_run_against_an_unreachable_database_is_one_clear_message(tmp_path):
     assert "hunter2" not in result.stderr + result.stdout
 
 
-def test_demo_backfill_example_copies_in_mapped_chunks(tmp_path):
+def test_demo_backfill_example_copies_in_mapped_chunks(tmp_path, cli):
     result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "backfill_users", "--users", "3000")
 
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,7 +154,7 @@ def test_demo_backfill_example_copies_in_mapped_chunks(tmp_path):
     assert "backfill step 'copy_users' phase 1 chunk 2/4" in result.stdout + result.stderr  # per-batch progress
 
 
-def test_demo_backfill_with_a_bad_row_fails_one_chunk_and_rolls_back(tmp_path):
+def test_demo_backfill_with_a_bad_row_fails_one_chunk_and_rolls_back(tmp_path, cli):
     result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "backfill_users",
                  "--fail-at", "copy_users", "--users", "400")
 
@@ -154,7 +166,7 @@ def test_demo_backfill_with_a_bad_row_fails_one_chunk_and_rolls_back(tmp_path):
     assert "integer overflow" in result.stdout + result.stderr
 
 
-def test_render_of_a_backfill_lists_its_tasks(tmp_path):
+def test_render_of_a_backfill_lists_its_tasks(tmp_path, cli):
     plan = Path(__file__).resolve().parents[2] / "dags" / "plans" / "backfill_users_pg.yaml"
 
     result = cli("render", str(plan))

@@ -1,11 +1,10 @@
-"""``airflow-migrate validate``: in-process through typer, and as the installed console script."""
+"""``airflow-migrate validate``: in-process through typer's CliRunner, and through the console script's
+``main()`` (the ``cli`` fixture; the installed script's subprocess smoke test is in
+tests/dags/test_cli_commands.py)."""
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,20 +28,6 @@ steps:
 """
 NO_DOWN = GOOD.replace("    down: DROP TABLE t\n", "")  # 1 problem, at 5:5
 TWO_PROBLEMS = GOOD.replace("id: good_plan", "id: bad-plan") + "colour: blue\n"  # 1:1 and 9:1
-
-
-def console_script() -> Path:
-    script = Path(sys.executable).parent / "airflow-migrate"
-    if not script.exists():
-        found = shutil.which("airflow-migrate")
-        if found is None:
-            pytest.skip("the airflow-migrate console script is not installed")
-        script = Path(found)
-    return script
-
-
-def run_script(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(console_script()), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def problem_lines(stderr: str) -> list[re.Match[str]]:
@@ -111,25 +96,25 @@ def test_runner_validate_needs_at_least_one_file() -> None:
     assert result.exit_code == 2
 
 
-# -- the installed console script ------------------------------------------------------------------
+# -- through the console script's main() ---------------------------------------------------------
 
 
-def test_script_valid_example_exits_0() -> None:
-    result = run_script("validate", EXAMPLE)
+def test_main_valid_example_exits_0(cli) -> None:
+    result = cli("validate", EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1 plan(s) valid"
     assert result.stderr == ""
 
 
-def test_script_several_valid_files(plans: dict[str, Path]) -> None:
-    result = run_script("validate", EXAMPLE, plans["good"])
+def test_main_several_valid_files(plans: dict[str, Path], cli) -> None:
+    result = cli("validate", EXAMPLE, plans["good"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2 plan(s) valid"
 
 
-def test_script_bad_plans_exit_1_with_every_problem(plans: dict[str, Path], tmp_path: Path) -> None:
+def test_main_bad_plans_exit_1_with_every_problem(plans: dict[str, Path], tmp_path: Path, cli) -> None:
     missing = tmp_path / "missing.yaml"
-    result = run_script("validate", plans["good"], plans["no_down"], plans["two_problems"], missing)
+    result = cli("validate", plans["good"], plans["no_down"], plans["two_problems"], missing)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     found = [(m["path"], m["line"], m["col"]) for m in problem_lines(result.stderr)]
@@ -141,10 +126,10 @@ def test_script_bad_plans_exit_1_with_every_problem(plans: dict[str, Path], tmp_
     ]
 
 
-def test_script_malformed_yaml_is_one_located_problem(tmp_path: Path) -> None:
+def test_main_malformed_yaml_is_one_located_problem(tmp_path: Path, cli) -> None:
     path = tmp_path / "malformed.yaml"
     path.write_text("id: p1\nconnections:\n  target: db\n bad: 1\n", encoding="utf-8")
-    result = run_script("validate", path)
+    result = cli("validate", path)
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     [problem] = problem_lines(result.stderr)
@@ -152,10 +137,10 @@ def test_script_malformed_yaml_is_one_located_problem(tmp_path: Path) -> None:
     assert problem["message"].startswith("malformed YAML")
 
 
-def test_script_never_prints_a_traceback_for_unconstructible_yaml(tmp_path: Path) -> None:
+def test_main_never_prints_a_traceback_for_unconstructible_yaml(tmp_path: Path, cli) -> None:
     path = tmp_path / "date.yaml"
     path.write_text(GOOD.replace("id: good_plan", "id: 2024-13-45"), encoding="utf-8")
-    result = run_script("validate", path)
+    result = cli("validate", path)
     assert "Traceback" not in result.stderr
     assert result.returncode == 1
     [problem] = problem_lines(result.stderr)
