@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from airflow_migrate_provider.errors import PlanError
+from airflow_migrate_provider.errors import PlanError, PlanImportError
 from airflow_migrate_provider.plan.loader import parse_plan, read_plan_text
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,6 @@ from airflow_migrate_provider.dag_loader import dag_from_shim
 
 dag = dag_from_shim(__file__)
 '''
-
-
-class PlanImportError(Exception):
-    """Raised at parse time for a broken plan, so Airflow shows it as the file's import error."""
 
 
 def plan_file_for(shim_path: str | Path) -> Path:

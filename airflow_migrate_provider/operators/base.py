@@ -18,18 +18,29 @@ from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
 from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.core.summary import worst_state
-from airflow_migrate_provider.errors import BackupFailed, MigrateError
+from airflow_migrate_provider.errors import BackupFailed, MigrateError, db_error_line, should_retry
 from airflow_migrate_provider.hooks.migration import MigrationHook
+from airflow_migrate_provider.masking import mask_text
 from airflow_migrate_provider.plan.model import Plan
 
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
 
 
-def airflow_error(exc: MigrateError) -> AirflowException:
-    """Retry only what can succeed on retry: lost connections and lock timeouts. Everything else
-    (verification, checksum, plan, SQL errors) fails at once and goes to rollback."""
-    transient = getattr(exc, "transient", False) is True
-    return AirflowException(str(exc)) if transient else AirflowFailException(str(exc))
+def airflow_error(exc: MigrateError | SQLAlchemyError) -> AirflowException:
+    """Our failure as Airflow's, as ``errors.should_retry`` decides (DESIGN rule 11): ``AirflowException``
+    (Airflow retries the task) for lost connections and lock timeouts; ``AirflowFailException`` (no retry,
+    straight to rollback) for everything else: verification, checksum, plan, SQL the database rejects."""
+    retry = should_retry(exc)
+    if isinstance(exc, MigrateError):
+        message = str(exc)
+    elif retry:  # a bare database error outside a step, e.g. reading or writing the ledger
+        message = (f"lost the database connection outside a step: {mask_text(db_error_line(exc))}. Airflow "
+                   f"retries the task; it resumes from the ledger.")
+    else:
+        message = (f"database error outside a step ({type(exc).__name__}), not retried because a retry would "
+                   f"repeat it: {mask_text(db_error_line(exc))}. Check the ledger tables and the connection "
+                   f"user's privileges on the target database.")
+    return AirflowException(message) if retry else AirflowFailException(message)
 
 
 class MigrationOperator(BaseOperator):
@@ -116,10 +127,8 @@ class MigrationOperator(BaseOperator):
         ``execute`` and for the methods a deferred task resumes in."""
         try:
             return work()
-        except MigrateError as exc:
+        except (MigrateError, SQLAlchemyError) as exc:  # ControlFlow (a deferral) is neither: it passes through
             raise airflow_error(exc) from exc
-        except SQLAlchemyError as exc:  # ledger/lock access outside a step: the database went away
-            raise AirflowException(f"database error while reading or writing the ledger: {exc}") from exc
 
     def run_migration(self, context: Context) -> Any:
         raise NotImplementedError

@@ -11,19 +11,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.backfill.sql import SqlText
-from airflow_migrate_provider.errors import BackfillFailed, MigrateError, db_error_line
+from airflow_migrate_provider.errors import BackfillFailed, ThrottleDeferral, TransientBackfillFailed, db_error_line
 from airflow_migrate_provider.plan.model import ThrottleRule
 
 log = logging.getLogger(__name__)
-
-
-class ThrottleDeferral(MigrateError):
-    """A pause has lasted ``defer_after_seconds``: under Airflow, free the worker slot until it clears."""
-
-    def __init__(self, rule: ThrottleRule, value: float, paused_s: float):
-        self.rule, self.value, self.paused_s = rule, value, paused_s
-        super().__init__(f"throttle '{rule.name}' still at {value:g} (max {rule.max:g}) after pausing "
-                         f"{paused_s:.0f} s: deferring")
 
 
 def read_metric(engine: Engine, rule: ThrottleRule, where: str) -> float:
@@ -65,11 +56,12 @@ class Throttle:
             rule, value = over
             waited = time.monotonic() - started
             if waited >= rule.give_up_after_seconds:
-                raise BackfillFailed(
+                raise TransientBackfillFailed(
                     f"{self.where}: throttle '{rule.name}' stayed over its max ({value:g} > {rule.max:g}) for "
                     f"{waited:.0f} s (give_up_after_seconds {rule.give_up_after_seconds:g}); the copy stopped "
-                    f"at its last checkpoint. Clear the task once the load is lower to resume.", transient=True)
+                    f"at its last checkpoint. Clear the task once the load is lower to resume.")
             if self.can_defer and rule.defer_after_seconds is not None and waited >= rule.defer_after_seconds:
+                # control flow (errors.ControlFlow), not a MigrateError: `except MigrateError` lets it through
                 raise ThrottleDeferral(rule, value, waited)
             delay = delays.get(rule.name, rule.pause_seconds)
             delays[rule.name] = min(delay * 2, rule.max_pause_seconds)

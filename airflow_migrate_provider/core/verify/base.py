@@ -9,14 +9,9 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.backfill.sql import SqlText
-from airflow_migrate_provider.errors import MigrateError
+from airflow_migrate_provider.errors import VerifySpecError as VerifySpecError  # re-exported: raised by checks
 
 MAX_REPORTED = 100  # differences listed per check; totals are always exact
-
-
-class VerifySpecError(MigrateError):
-    """A check cannot run as declared: a table or column that does not exist, incompatible key types, a rule
-    that does not fit the column's type. The message starts with the plan field to edit."""
 
 
 @dataclass(frozen=True)

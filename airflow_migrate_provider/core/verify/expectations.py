@@ -23,20 +23,10 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference
-from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError, db_error_line
+from airflow_migrate_provider.errors import ConnectionUnavailable, ExpectationSuiteError, MigrateError, db_error_line
 from airflow_migrate_provider.masking import mask_text
 
 FIELD = "expectations"  # how the plan names this check's settings, for error messages
-
-
-class ExpectationSuiteError(MigrateError):
-    """The suite cannot be run as given: bad shape, unknown expectation, bad kwargs, missing table.
-    Carries every problem found, each naming its field (``expectations.suite[2].type: ...``)."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__(problems[0] if len(problems) == 1 else
-                         "expectation suite is not valid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def run_expectations(engine: Engine, table: str, suite: list[dict] | None = None, suite_path: str | None = None,

@@ -25,18 +25,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.verify.base import CheckResult, Difference
-from airflow_migrate_provider.errors import MigrateError, db_error_line
+from airflow_migrate_provider.errors import HealthCheckError, db_error_line
 from airflow_migrate_provider.masking import mask_text, mask_uri
 
 MAX_BODY_BYTES = 1 << 20  # a metrics document, not a download
-
-
-class HealthCheckError(MigrateError):
-    """A metric could not be read or the gate is set up wrong. ``transient``: reading again may succeed."""
-
-    def __init__(self, message: str, metric: str | None = None, transient: bool = False):
-        self.metric, self.transient = metric, transient
-        super().__init__(message)
 
 
 @dataclass

@@ -16,17 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference
-from airflow_migrate_provider.errors import MigrateError, db_error_line
+from airflow_migrate_provider.errors import BenchmarkError, db_error_line
 from airflow_migrate_provider.masking import mask_text
-
-
-class BenchmarkError(MigrateError):
-    """A benchmark query could not be run (or the benchmark is set up wrong). ``transient`` says whether
-    running it again can succeed (connection lost, lock timeout)."""
-
-    def __init__(self, message: str, query: str | None = None, transient: bool = False):
-        self.query, self.transient = query, transient
-        super().__init__(message)
 
 
 @dataclass

@@ -24,18 +24,10 @@ from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.backfill.spec import category_of_sa_type
 from airflow_migrate_provider.core.backfill.sql import SqlText
-from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference, Side, VerifySpecError
+from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference, Side
+from airflow_migrate_provider.errors import VerifyInputError
 
 T = TypeVar("T")
-
-
-class VerifyInputError(VerifySpecError):
-    """A check cannot run as asked (no such table or column, a query where a table is needed, a rule that
-    does not fit the column's type). The message starts with the field to edit."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.summary import format_table
-from airflow_migrate_provider.core.verify.base import CheckResult, ColumnRule, Side, VerifySpecError
-from airflow_migrate_provider.errors import MigrateError
+from airflow_migrate_provider.core.verify.base import CheckResult, ColumnRule, Side
+from airflow_migrate_provider.errors import BenchmarkError, TransientError, VerifySpecError
 from airflow_migrate_provider.plan.model import ColumnTolerance, CompareSide, VerifyStep
 
 log = logging.getLogger(__name__)
@@ -102,15 +102,14 @@ def _html(data: dict[str, Any]) -> str:
 
 def run_verify_step(step: VerifyStep, source: Engine, target: Engine, plan_dir: Path | None = None) -> VerifyReport:
     """Run every check the step declares, in order; a check that cannot run raises (fails safe), naming the
-    plan field to edit (``steps.<id>.<field>: ...``)."""
+    plan field to edit (``steps.<id>.<field>: ...``). A transient error (retrying can succeed) is raised as is.
+    """
     try:
         return _run_checks(step, source, target, plan_dir)
-    except MigrateError as exc:
-        if getattr(exc, "transient", False) or str(exc).startswith("steps."):
-            raise
-        if isinstance(exc, VerifySpecError) or type(exc).__name__ in ("ExpectationSuiteError", "BenchmarkError"):
-            raise VerifySpecError(f"steps.{step.id}.{exc}") from exc
+    except TransientError:
         raise
+    except (VerifySpecError, BenchmarkError) as exc:  # VerifySpecError includes ExpectationSuiteError
+        raise VerifySpecError(f"steps.{step.id}.{exc}") from exc
 
 
 def _run_checks(step: VerifyStep, source: Engine, target: Engine, plan_dir: Path | None) -> VerifyReport:
