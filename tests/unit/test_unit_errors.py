@@ -51,6 +51,7 @@ RETRY: dict[str, bool] = {
     "PreflightFailed": False,
     "ConnectionUnavailable": False,
     "TransientConnectionUnavailable": True,
+    "UnsupportedDatabase": False,  # no dialect for that database: a retry cannot add one
     "BackfillSpecError": False,
     "BackfillFailed": False,
     "TransientBackfillFailed": True,
