@@ -1,7 +1,11 @@
 """Fault injection under dag.test(): for every example plan and every task before the rollback, the task fails
 right after doing its work (the plan's test-only ``fault_injection``). Every time the DagRun must end failed,
 the rollback must have run (preflight excepted: nothing can be applied before it) and the schema and data of
-every table must equal what they were before the run, with the rollback's report saying so table by table."""
+every table must equal what they were before the run, with the rollback's report saying so table by table.
+
+By default one fault per kind of task runs (preflight, backup, each step kind, each backfill phase, the final
+verify), spread over SQLite and PostgreSQL: ``DEFAULT_CASES``. The other faults of the matrix are marked
+``slow``: ``./scripts/test --slow`` runs them all."""
 
 from __future__ import annotations
 
@@ -41,6 +45,38 @@ def fault_points(path: Path) -> list[tuple[str, int | None]]:
 CASES = [(name, task, index) for name, (_, path) in EXAMPLES.items() for task, index in fault_points(path)]
 
 
+def task_kind(example: str, task: str) -> str:
+    """What kind of work a fault point interrupts: ``preflight``, ``backup``, ``final verify``, ``step
+    <kind>`` (a one-task step), ``backfill <phase>`` (a task of a step's group: start, copy_chunk, ...)."""
+    if task == PREFLIGHT_TASK:
+        return "preflight"
+    group, _, rest = task.partition(".")
+    if group != "steps":
+        return {"backup": "backup", "verify": "final verify"}.get(group, group)
+    step_id, _, phase = rest.partition(".")
+    plan = Plan.model_validate(yaml.safe_load(EXAMPLES[example][1].read_text()))
+    kind = next(step.kind for step in plan.steps if step.id == step_id)
+    return f"{kind} {phase}" if phase else f"step {kind}"
+
+
+def representative_cases() -> list[tuple[str, str, int | None]]:
+    """One case per task kind; of its candidates the one on the dialect picked least so far, then the one
+    deepest into its plan (the most to roll back), then the first."""
+    by_kind: dict[str, list[tuple[int, int, tuple[str, str, int | None]]]] = {}
+    for position, case in enumerate(CASES):
+        depth = [c for c in CASES if c[0] == case[0]].index(case)
+        by_kind.setdefault(task_kind(case[0], case[1]), []).append((position, depth, case))
+    picked, per_dialect = [], {"sqlite": 0, "postgresql": 0}
+    for candidates in by_kind.values():
+        _, _, case = min(candidates, key=lambda c: (per_dialect[EXAMPLES[c[2][0]][0]], -c[1], c[0]))
+        per_dialect[EXAMPLES[case[0]][0]] += 1
+        picked.append(case)
+    return picked
+
+
+DEFAULT_CASES = representative_cases()
+
+
 @pytest.fixture
 def backups(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("AIRFLOW_MIGRATE_BACKUPS", str(tmp_path / "backups"))
@@ -54,7 +90,15 @@ def test_every_example_has_a_backup_and_many_fault_points():
         assert Plan.model_validate(yaml.safe_load(path.read_text())).backup is not None
 
 
-@pytest.mark.parametrize(("example", "task", "map_index"), CASES,
+def test_the_default_cases_cover_every_task_kind_on_both_dialects():
+    assert {task_kind(n, t) for n, t, _ in DEFAULT_CASES} == {task_kind(n, t) for n, t, _ in CASES}
+    assert {EXAMPLES[n][0] for n, _, _ in DEFAULT_CASES} == {"sqlite", "postgresql"}
+    assert len(DEFAULT_CASES) < len(CASES) / 2
+
+
+@pytest.mark.parametrize(("example", "task", "map_index"),
+                         [case if case in DEFAULT_CASES else pytest.param(*case, marks=pytest.mark.slow)
+                          for case in CASES],
                          ids=[f"{n}:{t}" + (f"[{i}]" if i is not None else "") for n, t, i in CASES])
 def test_fault_rolls_back_to_the_state_before_the_run(example, task, map_index, request, run_plan, fingerprint,
                                                       backups):
