@@ -561,8 +561,13 @@ class LockSpy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def lock_against_writes(self, conn: Any, quoted_tables: list[str], timeout_s: float) -> None:
-        self.inner.lock_against_writes(conn, quoted_tables, timeout_s)
+    @contextmanager
+    def write_lock(self, bind: Any, tables: Any, timeout_s: float, **kwargs: Any) -> Iterator[Any]:
+        with self.inner.write_lock(bind, tables, timeout_s, **kwargs) as conn:
+            self._probe(conn)
+            yield conn
+
+    def _probe(self, conn: Any) -> None:
         self.locked_at = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
         probe = create_engine(self.source_url, isolation_level="AUTOCOMMIT")
         try:

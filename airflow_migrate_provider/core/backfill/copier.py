@@ -3,7 +3,7 @@
 Three paths, chosen by the pair of databases:
 
 - PostgreSQL → PostgreSQL (psycopg 3): ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` streamed into
-  ``COPY ... FROM STDIN (FORMAT BINARY)`` in 128 KiB writes (see pg_copy.py). No value is parsed in
+  ``COPY ... FROM STDIN (FORMAT BINARY)`` in 128 KiB writes (see core/dialects/pg_copy.py). No value is parsed in
   Python; the SELECT casts every column to the target's exact type so the binary formats always agree.
 - anything → PostgreSQL: keyset SELECT, rows written with text COPY (PostgreSQL parses each value).
 - anything → SQLite/MySQL: keyset SELECT, multi-row INSERT through the driver's executemany.
@@ -16,18 +16,12 @@ Phases 2 and 3 upsert (``ON CONFLICT DO UPDATE``), so a row copied twice ends up
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
-from datetime import date, datetime, time, timezone
-from decimal import Decimal
+from contextlib import contextmanager
 from typing import Any
-from uuid import UUID
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from airflow_migrate_provider.core.backfill.pg_copy import copy_out_blocks
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec
 
 Key = tuple[Any, ...]
@@ -83,13 +77,7 @@ class BatchCopier:
     def _conflict_clause(self, excluded: str = "excluded") -> str:
         keys = set(self.spec.key)
         others = [self.tgt.ident(c.name) for c in self.spec.columns if c.name not in keys]
-        if self.tgt.dialect_name in ("mysql", "mariadb"):
-            sets = ", ".join(f"{c} = VALUES({c})" for c in others or self.spec.key_idents[:1])
-            return f" ON DUPLICATE KEY UPDATE {sets}"
-        target = ", ".join(self.spec.key_idents)
-        if not others:
-            return f" ON CONFLICT ({target}) DO NOTHING"
-        return f" ON CONFLICT ({target}) DO UPDATE SET " + ", ".join(f"{c} = {excluded}.{c}" for c in others)
+        return self.tgt.upsert_clause(self.spec.key_idents, others, excluded)
 
     def _delete_range(self, tconn: Connection, lower: Key | None, upper: Key) -> None:
         params: dict[str, Any] = {}
@@ -147,22 +135,10 @@ class BatchCopier:
     # -- PostgreSQL fast path ------------------------------------------------------------------------
     def _pg_stream(self, sconn: Connection, select_sql: str, params: dict[str, Any], tconn: Connection,
                    into: str) -> int:
-        import psycopg
-
-        src_pg = sconn.connection.driver_connection
-        tgt_pg = tconn.connection.driver_connection
-        copy_out = psycopg.ClientCursor(src_pg).mogrify(f"COPY ({select_sql}) TO STDOUT (FORMAT BINARY)", params)
-        cols = ", ".join(self.spec.column_idents)
-        copy_in = f"COPY {into} ({cols}) FROM STDIN (FORMAT BINARY)"
-        with _as_sqlalchemy_error(copy_out), tgt_pg.cursor() as tcur:
-            with tcur.copy(copy_in) as sink, closing(copy_out_blocks(src_pg, copy_out)) as blocks:
-                for block in blocks:
-                    sink.write(block)
-            return max(tcur.rowcount, 0)
+        return self.tgt.copy_between(sconn, select_sql, params, tconn, into, ", ".join(self.spec.column_idents))
 
     def _ensure_stage(self, tconn: Connection) -> None:
-        tconn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} (LIKE {self.spec.target_table} "
-                              f"INCLUDING DEFAULTS)", {})
+        self.tgt.stage_like(tconn, self.stage, self.spec.target_table)
 
     def _merge_stage(self, tconn: Connection) -> None:
         """Upsert the staged rows into the target and empty the stage (same transaction)."""
@@ -192,7 +168,7 @@ class BatchCopier:
         key_positions = [i for i, c in enumerate(self.spec.columns) if c.name in self.spec.key]
         key_positions.sort(key=lambda i: self.spec.key.index(self.spec.columns[i].name))
         rows, last = 0, None
-        if self.tgt.is_psycopg:
+        if self.tgt.copy_fast_path:
             with self._pg_text_copy(tconn, upsert) as write_row:
                 for part in parts:
                     for row in part:
@@ -200,7 +176,7 @@ class BatchCopier:
                     rows += len(part)
                     last = tuple(part[-1][i] for i in key_positions) if part else last
             return rows, last
-        adapt = _adapter_for(self.tgt.dialect_name)
+        adapt = self.tgt.write_value
         sql = self._insert_sql(upsert)
         for part in parts:
             if not part:
@@ -217,24 +193,10 @@ class BatchCopier:
         if upsert:
             self._ensure_stage(tconn)
             into = self.stage
-        copy_in = f"COPY {into} ({cols}) FROM STDIN"
-        pg = tconn.connection.driver_connection
-        with _as_sqlalchemy_error(copy_in), pg.cursor() as cur, cur.copy(copy_in) as sink:
-            yield lambda row: sink.write_row([_pg_text_value(v) for v in row])
+        with self.tgt.copy_rows_into(tconn, into, cols) as write_row:
+            yield write_row
         if upsert:
             self._merge_stage(tconn)
-
-
-@contextmanager
-def _as_sqlalchemy_error(statement: str) -> Iterator[None]:
-    """psycopg errors raised by COPY on the raw connection, as the SQLAlchemy errors everything else raises
-    (so classification as transient or not, and the messages, are the same on every path)."""
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise sa_exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 class DeltaBounds:
@@ -257,34 +219,3 @@ class DeltaBounds:
     def describe(self) -> str:
         hw = "-" if self.high_water is None else self.high_water[0] if len(self.high_water) == 1 else self.high_water
         return f"key > {hw}" + (f" or watermark >= {self.cutoff}" if self.cutoff is not None else "")
-
-
-def _pg_text_value(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return value
-
-
-def _sqlite_value(value: Any) -> Any:
-    """sqlite3 binds only int, float, str, bytes and None (its datetime adapters are deprecated)."""
-    if value is None or isinstance(value, (int, float, str, bytes)):
-        return value
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
-        return value.isoformat(sep=" ")
-    if isinstance(value, (date, time)):
-        return value.isoformat()
-    if isinstance(value, (Decimal, UUID)):
-        return str(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    if isinstance(value, memoryview):
-        return bytes(value)
-    return str(value)
-
-
-def _adapter_for(dialect_name: str) -> Callable[[Any], Any]:
-    if dialect_name == "sqlite":
-        return _sqlite_value
-    return _pg_text_value

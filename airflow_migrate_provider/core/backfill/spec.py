@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 from sqlalchemy import types as sa_types
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.backfill.sql import SqlText
+from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.errors import BackfillSpecError, db_error_line
 from airflow_migrate_provider.plan.model import BackfillStep
 
@@ -77,8 +77,8 @@ class BackfillSpec:
     """A backfill step bound to real tables. Built by :func:`resolve_spec`."""
 
     step: BackfillStep
-    src: SqlText
-    tgt: SqlText
+    src: Dialect
+    tgt: Dialect
     source_from: str
     target_table: str  # quoted
     columns: list[TargetColumn]
@@ -89,6 +89,7 @@ class BackfillSpec:
     filter: str | None
     lock_tables: list[str]  # quoted
     same_database: bool
+    lock_names: tuple[str, ...] = ()  # the same tables, as the plan names them
 
     @property
     def step_id(self) -> str:
@@ -105,7 +106,7 @@ class BackfillSpec:
     @property
     def fast_path(self) -> bool:
         """PostgreSQL → PostgreSQL through psycopg 3: binary COPY out of the source and into the target."""
-        return self.src.is_psycopg and self.tgt.is_psycopg
+        return self.src.copy_fast_path and self.tgt.copy_fast_path
 
     def where(self, *conditions: str | None) -> str:
         parts = [c for c in (*conditions, self.filter) if c]
@@ -123,14 +124,14 @@ class BackfillSpec:
             expr = col.source_expr
             if cast_to_target:
                 expr = f"CAST(({expr}) AS {col.target_type})"
-            elif self.src.dialect_name == "postgresql" and col.source_category == "json":
-                expr = f"CAST(({expr}) AS text)"
+            elif col.source_category == "json":
+                expr = self.src.read_json_as_text(expr)
             items.append(f"{expr} AS {self.src.ident(col.name)}")
         return ", ".join(items)
 
     def describe(self) -> list[str]:
         how = ("binary COPY out of the source, binary COPY into the target" if self.fast_path else
-               "keyset SELECT batches, COPY into the target" if self.tgt.is_psycopg else
+               "keyset SELECT batches, COPY into the target" if self.tgt.copy_fast_path else
                "keyset SELECT batches, multi-row INSERT into the target")
         return [
             f"copy {self.source_from} → {self.target_table} ({len(self.columns)} columns; key "
@@ -172,15 +173,7 @@ def _unique_column_sets(engine: Engine, name: str) -> list[set[str]]:
     return sets
 
 
-def _pg_target_types(conn: Connection, quoted_table: str) -> dict[str, str]:
-    rows = conn.execute(text(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
-    ), {"t": quoted_table})
-    return {name: type_name for name, type_name in rows}
-
-
-def _source_output(engine: Engine, sql: SqlText, select: str) -> tuple[list[str], dict[str, str]]:
+def _source_output(engine: Engine, sql: Dialect, select: str) -> tuple[list[str], dict[str, str]]:
     """Column names of a source SELECT (run with no rows) and, on PostgreSQL, their categories."""
     with engine.connect() as conn:
         result = conn.exec_driver_sql(f"SELECT * FROM ({select}) AS probe WHERE 1 = 0")
@@ -188,10 +181,8 @@ def _source_output(engine: Engine, sql: SqlText, select: str) -> tuple[list[str]
         type_codes = [d[1] for d in result.cursor.description] if result.cursor is not None else []
         result.close()
         categories: dict[str, str] = {}
-        if sql.dialect_name == "postgresql" and type_codes:
-            oids = sorted({int(t) for t in type_codes if t is not None})
-            found = dict((oid, _pg_category(name, cat)) for oid, name, cat in conn.execute(
-                text("SELECT oid::int, typname, typcategory FROM pg_type WHERE oid = ANY(:o)"), {"o": oids}))
+        if type_codes and (described := sql.describe_type_codes(conn, type_codes)):
+            found = {oid: _pg_category(info.typname, info.typcategory) for oid, info in described.items()}
             categories = {n: found.get(int(t), "other") for n, t in zip(names, type_codes, strict=True)
                           if t is not None}
         conn.rollback()
@@ -200,7 +191,7 @@ def _source_output(engine: Engine, sql: SqlText, select: str) -> tuple[list[str]
 
 def resolve_spec(step: BackfillStep, source: Engine, target: Engine) -> BackfillSpec:
     """Bind ``step`` to the real source and target tables, or raise BackfillSpecError listing every problem."""
-    src, tgt = SqlText(source), SqlText(target)
+    src, tgt = dialect_of(source), dialect_of(target)
     where = f"steps.{step.id}"
     problems: list[str] = []
     same_database = source.url == target.url
@@ -285,10 +276,9 @@ def resolve_spec(step: BackfillStep, source: Engine, target: Engine) -> Backfill
         if name not in source_categories and expr == src.ident(name) and name in source_table_columns:
             source_categories[name] = category_of_sa_type(source_table_columns[name]["type"])
 
-    pg_types: dict[str, str] = {}
-    if tgt.dialect_name == "postgresql":
-        with target.connect() as conn:
-            pg_types = _pg_target_types(conn, tgt.ident(step.target))
+    with target.connect() as conn:
+        pg_types = tgt.cast_types(conn, step.target)
+        conn.rollback()
     columns = []
     for name, expr in chosen:
         target_type = pg_types.get(name) or target_by_name[name]["type"].compile(dialect=target.dialect)
@@ -340,6 +330,7 @@ def resolve_spec(step: BackfillStep, source: Engine, target: Engine) -> Backfill
         step=step, src=src, tgt=tgt, source_from=source_from, target_table=tgt.ident(step.target),
         columns=columns, key=list(step.key), key_exprs=key_exprs, integer_key=integer_key,
         watermark_expr=watermark, filter=filter_sql, lock_tables=[src.ident(n) for n in lock_names],
+        lock_names=tuple(lock_names),
         same_database=same_database,
     )
 
@@ -350,7 +341,7 @@ def _first_null_key_row(engine: Engine, step: BackfillStep, key_exprs: list[str]
     if step.source.table is not None:
         schema, table = _split(step.source.table)
         pk = inspect(engine).get_pk_constraint(table, schema=schema).get("constrained_columns") or []
-        if set(pk) == set(step.key) and all(e == SqlText(engine).ident(k) for k, e in zip(step.key, key_exprs,
+        if set(pk) == set(step.key) and all(e == dialect_of(engine).ident(k) for k, e in zip(step.key, key_exprs,
                                                                                             strict=True)):
             return False
     conditions = [" OR ".join(f"({e}) IS NULL" for e in key_exprs), *([filter_sql] if filter_sql else [])]

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.backfill.sql import SqlText
+from airflow_migrate_provider.core.dialects import dialect_of
 from airflow_migrate_provider.errors import BackfillFailed, ThrottleDeferral, TransientBackfillFailed, db_error_line
 from airflow_migrate_provider.plan.model import ThrottleRule
 
@@ -21,7 +21,7 @@ def read_metric(engine: Engine, rule: ThrottleRule, where: str) -> float:
     """Run a throttle query; its first column of its first row, as a number."""
     try:
         with engine.connect() as conn:
-            value: Any = conn.exec_driver_sql(SqlText(engine).fragment(rule.query), {}).scalar()
+            value: Any = conn.exec_driver_sql(dialect_of(engine).fragment(rule.query), {}).scalar()
             conn.rollback()
     except sa_exc.SQLAlchemyError as exc:
         raise BackfillFailed(f"{where}: throttle '{rule.name}' query failed on the {rule.database}: "

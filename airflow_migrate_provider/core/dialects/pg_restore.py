@@ -1,0 +1,140 @@
+"""PostgreSQL restore specifics: sequences and identity columns that a rebuild must continue, other tables'
+foreign keys that a rebuild detaches and re-adds, one FULL JOIN that finds the differing keys, and the
+refusal to delete rows whose ON DELETE would reach a table outside the backup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from airflow_migrate_provider.core.dialects.types import TableDefinition
+from airflow_migrate_provider.errors import RestoreFailed
+
+Quote = Callable[[str], str]
+_IDENTITY_SEQUENCES = (
+    "SELECT pg_get_serial_sequence(:t, attname), attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+    "AND attnum > 0 AND NOT attisdropped AND attidentity <> ''")
+_CASCADING_FKS = (
+    "SELECT c.conrelid::regclass::text, c.conname, "
+    "array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
+    "ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
+    "array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
+    "ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
+    "FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = CAST(:t AS regclass) "
+    "AND c.conrelid <> c.confrelid AND c.confdeltype IN ('c', 'n', 'd')")
+
+
+def _cols(quote: Quote, names: list[str], prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{quote(n)}" for n in names)
+
+
+def _key_match(quote: Quote, keys: list[str], left: str, right: str) -> str:
+    return " AND ".join(f"{left}.{quote(k)} = {right}.{quote(k)}" for k in keys)
+
+
+def before_rebuild(conn: Connection, qt: str, definition: TableDefinition, exists: bool, rebuilt: list[str],
+                   quote: Quote, preparer: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {"external_fks": [], "handed_out": {}, "sequences": []}
+    if exists:  # not when the table was dropped
+        state["external_fks"] = _drop_external_fks(conn, qt, rebuilt, quote, preparer)
+        state["handed_out"] = _identity_positions(conn, qt)
+    for sequence, _ in definition.owned_sequences:
+        conn.execute(text(f"ALTER SEQUENCE IF EXISTS {sequence} OWNED BY NONE"))
+    return state
+
+
+def create_missing_sequences(conn: Connection, definition: TableDefinition) -> list[tuple[str, str]]:
+    """Create the serial columns' sequences that are gone (dropping a table drops the sequences it owns), so
+    the column defaults (``nextval``) work again; return them as [sequence, column]."""
+    types = {c.name: c.type for c in definition.columns}
+    created = []
+    for sequence, column in definition.owned_sequences:
+        if conn.execute(text("SELECT to_regclass(:s) IS NULL"), {"s": sequence}).scalar():
+            as_type = f" AS {types[column]}" if types.get(column) in ("smallint", "integer", "bigint") else ""
+            conn.execute(text(f"CREATE SEQUENCE {sequence}{as_type}"))
+            created.append((sequence, column))
+    return created
+
+
+def _identity_positions(conn: Connection, qt: str) -> dict[str, int]:
+    """The last value each identity column's sequence handed out (a rebuild makes these sequences anew)."""
+    positions = {}
+    for sequence, column in conn.execute(text(_IDENTITY_SEQUENCES), {"t": qt}).all():
+        last = conn.execute(text("SELECT pg_sequence_last_value(CAST(:s AS regclass))"), {"s": sequence}).scalar()
+        if last is not None:
+            positions[column] = int(last)
+    return positions
+
+
+def continue_sequences(conn: Connection, qt: str, sequences: list[tuple[str, str]], handed_out: dict[str, int],
+                       quote: Quote) -> None:
+    """Move new sequences (re-created serial ones, and every identity column's, which the rebuild made anew)
+    past the restored rows and past what the old sequence handed out, so no key is handed out twice."""
+    identity = conn.execute(text(_IDENTITY_SEQUENCES), {"t": qt}).all()
+    for sequence, column in [*sequences, *identity]:
+        top = f"greatest(max({quote(column)}), :handed_out)"
+        conn.execute(text(f"SELECT setval(CAST(:s AS regclass), {top}) FROM {qt} HAVING {top} IS NOT NULL"),
+                     {"s": sequence, "handed_out": handed_out.get(column)})
+
+
+def own_sequences(conn: Connection, qt: str, definition: TableDefinition, quote: Quote) -> None:
+    for sequence, column in definition.owned_sequences:
+        conn.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {qt}.{quote(column)}"))
+
+
+def _drop_external_fks(conn: Connection, qt: str, rebuilt: list[str], quote: Quote, preparer: Any) -> list[str]:
+    """Drop foreign keys of other tables that point at ``qt``; return the DDL that re-adds them."""
+    rows = conn.execute(text(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE contype = 'f' AND confrelid = CAST(:t AS regclass) AND conrelid <> confrelid"), {"t": qt}).all()
+    readd = []
+    for owner, name, ddl in rows:
+        if owner in rebuilt or preparer.quote(owner) in rebuilt:
+            continue  # rebuilt too: its own definition brings the key back
+        conn.execute(text(f"ALTER TABLE {owner} DROP CONSTRAINT {quote(name)}"))
+        readd.append(f"ALTER TABLE {owner} ADD CONSTRAINT {quote(name)} {ddl}")
+    return readd
+
+
+def diff_keys(conn: Connection, qt: str, definition: TableDefinition, source: str, index: int,
+              quote: Quote) -> str | None:
+    """A table with a primary key: one FULL JOIN of the table and its backed-up rows keeps the keys whose rows
+    differ in a temporary table (dropped at commit), with ``extra`` (only in the table) and ``missing`` (only
+    in the backup); the deletes, updates and inserts then touch only those keys."""
+    keys = definition.primary_key
+    if not keys:
+        return None
+    name = f"airflow_migrate_diff_{index}"
+    first = quote(keys[0])  # a primary key column is never null: null = no row on that side
+    values = [c for c in definition.insertable if c not in keys]
+    differs = (f" OR ({_cols(quote, values, 'l.')})::text IS DISTINCT FROM ({_cols(quote, values, 'b.')})::text"
+               if values else "")
+    key_cols = ", ".join(f"coalesce(l.{quote(k)}, b.{quote(k)}) AS {quote(k)}" for k in keys)
+    conn.execute(text(
+        f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS SELECT {key_cols}, b.{first} IS NULL AS extra, "
+        f"l.{first} IS NULL AS missing FROM {qt} AS l FULL JOIN {source} AS b "
+        f"ON {_key_match(quote, keys, 'l', 'b')} WHERE l.{first} IS NULL OR b.{first} IS NULL{differs}"))
+    conn.execute(text(f"ANALYZE {name}"))
+    return name
+
+
+def refuse_cascades(conn: Connection, table: str, qt: str, definition: TableDefinition, source: str,
+                    restoring: set[str], quote: Quote, preparer: Any) -> None:
+    """Deleting rows the backup lacks must not cascade (ON DELETE CASCADE / SET NULL / SET DEFAULT) into a
+    table that is not being restored: that would change data no backup covers. Refuse instead."""
+    for owner, name, cols, refcols in conn.execute(text(_CASCADING_FKS), {"t": qt}).all():
+        if owner in restoring or preparer.quote(owner) in restoring:
+            continue
+        links = " AND ".join(f"p.{quote(r)} = ch.{quote(c)}" for c, r in zip(cols, refcols, strict=True))
+        gone = (f" AND NOT EXISTS (SELECT 1 FROM {source} AS b WHERE "
+                f"{_key_match(quote, definition.primary_key, 'p', 'b')})" if definition.primary_key else "")
+        hit = conn.execute(text(f"SELECT count(*) FROM {owner} AS ch WHERE EXISTS (SELECT 1 FROM {qt} AS p "
+                                f"WHERE {links}{gone})")).scalar()
+        if hit:
+            raise RestoreFailed(
+                f"restoring {table} would delete rows that {hit} row(s) of {owner} reference through "
+                f"foreign key {name} (ON DELETE acts on them), and {owner} is not in the backup; the restore "
+                f"was rolled back, nothing changed. Add {owner} to backup.tables, or deal with those rows first.")
