@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import pytest
 from backup_it_support import STRATEGY_CASES, open_target, seed_other, seed_users
 
-from airflow_migrate_provider.core.backup import strategies
+from airflow_migrate_provider.core.backup import snapshot, strategy
 from airflow_migrate_provider.core.backup.strategies import SqliteBackupStrategy
 from airflow_migrate_provider.errors import BackupFailed
 
@@ -103,7 +103,7 @@ def test_backup_location_that_is_not_writable(file_target, fingerprint):
 def test_backup_location_without_room(file_target, fingerprint, monkeypatch):
     t = file_target
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(strategies.shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - 2048, 2048))
+    monkeypatch.setattr(strategy.shutil, "disk_usage", lambda path: usage(10 << 30, (10 << 30) - 2048, 2048))
 
     error = fails(t, fingerprint, "has 2.0 KiB free but the tables take")
 
@@ -188,7 +188,7 @@ def test_auto_tables_with_a_statement_whose_table_cannot_be_told(pg_snapshot, fi
 def test_snapshot_of_a_table_written_meanwhile_fails_and_is_removed(snapshot_target, fingerprint, monkeypatch):
     t = snapshot_target
     writes: list[str] = []
-    real_locked = strategies._locked
+    real_locked = snapshot.locked
 
     @contextmanager
     def copy_then_write(*args, **kwargs):
@@ -197,7 +197,7 @@ def test_snapshot_of_a_table_written_meanwhile_fails_and_is_removed(snapshot_tar
         # the copy is committed; another session writes to the table before the copy is verified
         writes.append(t.try_write("UPDATE users SET theme = 'concurrent' WHERE id = 2"))
 
-    monkeypatch.setattr(strategies, "_locked", copy_then_write)
+    monkeypatch.setattr(snapshot, "locked", copy_then_write)
     before_rows = t.rows("SELECT id, email FROM users ORDER BY id")
 
     with pytest.raises(BackupFailed) as failed:

@@ -20,7 +20,7 @@ from backup_it_support import (
     who,
 )
 
-from airflow_migrate_provider.core.backup import strategies
+from airflow_migrate_provider.core.backup import pg_dump, snapshot, sqlite_file, tables
 from airflow_migrate_provider.core.backup.make import make_backup
 from airflow_migrate_provider.core.backup.restore import compare_backup, restore_backup
 from airflow_migrate_provider.core.backup.tables import fingerprint as table_fingerprint
@@ -145,14 +145,15 @@ def test_lock_writes_blocks_writers_while_the_tables_are_copied(target, monkeypa
     t = target
     seed_users(t)
     attempts: list[str] = []
-    real = strategies.fingerprint
+    real = tables.fingerprint
 
     def write_during_backup(conn, relation, columns):
         if not attempts:  # the first fingerprint is taken while the tables are locked
             attempts.append(t.try_write("UPDATE users SET theme = 'concurrent' WHERE id = 1"))
         return real(conn, relation, columns)
 
-    monkeypatch.setattr(strategies, "fingerprint", write_during_backup)
+    for module in (snapshot, sqlite_file, pg_dump):
+        monkeypatch.setattr(module, "fingerprint", write_during_backup)
     b = t.backup(UPDATE_USERS, lock_writes=True)
 
     assert attempts == ["blocked"]
@@ -169,14 +170,15 @@ def test_pg_dump_copies_one_consistent_snapshot_even_while_written(pg_target, mo
     seed_users(t)
     before = fingerprint(t.db)
     attempts: list[str] = []
-    real = strategies.fingerprint
+    real = tables.fingerprint
 
     def write_during_backup(conn, relation, columns):
         if not attempts:
             attempts.append(t.try_write("DELETE FROM users WHERE id = 3"))
         return real(conn, relation, columns)
 
-    monkeypatch.setattr(strategies, "fingerprint", write_during_backup)
+    for module in (snapshot, sqlite_file, pg_dump):
+        monkeypatch.setattr(module, "fingerprint", write_during_backup)
     b = t.backup(UPDATE_USERS)
 
     assert attempts == ["written"]

@@ -27,6 +27,7 @@ from airflow_migrate_provider.core.backup.tables import (
     split_name,
     table_exists,
 )
+from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.core.summary import format_table
 from airflow_migrate_provider.errors import RestoreFailed, db_error_line
 
@@ -116,16 +117,11 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
                             f"deleted, so the tables cannot be restored from it")
     started = time.monotonic()
     report = RestoreReport(backup.id)
-    with engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        raw = conn.connection.driver_connection
-        if sqlite:  # before any transaction: SQLite ignores this pragma inside one
-            raw.execute("PRAGMA foreign_keys = OFF")
+    dialect = dialect_of(engine)
+    with engine.connect() as conn, dialect.restore_session(conn):
         try:
             strategy.prepare_restore(conn, backup)
         except Exception as exc:
-            if sqlite:  # the pooled connection must not keep foreign keys off
-                raw.execute("PRAGMA foreign_keys = ON")
             if isinstance(exc, RestoreFailed):
                 raise
             raise RestoreFailed(f"cannot open backup {backup.id} at {backup.location}: {exc}; nothing was "
@@ -138,9 +134,8 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
                 if todo:
                     log.warning("restoring %d table(s) from backup %s: %s", len(todo), backup.id,
                                 ", ".join(s.table for s in todo))
-                    _restore(conn, strategy, backup, todo)
-                    if sqlite:
-                        _sqlite_fk_check(conn)
+                    _restore(conn, dialect, strategy, backup, todo)
+                    dialect.check_restored_foreign_keys(conn)
                     after.update({s.table: s for s in _verify_before_commit(conn, backup, todo)})
                 for state in states:
                     state.action = next((s.action for s in todo if s.table == state.table), "unchanged")
@@ -149,8 +144,6 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
                                 f"changed): {db_error_line(exc)}") from exc
         finally:
             strategy.finish_restore(conn, backup)
-            if sqlite:
-                raw.execute("PRAGMA foreign_keys = ON")
     for state in states:
         state.actual, state.equal = after[state.table].actual, after[state.table].equal
     report.tables, report.duration_s = states, time.monotonic() - started
@@ -176,31 +169,29 @@ def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableStat
     return checked
 
 
-def _restore(conn: Connection, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:
+def _restore(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:
     manifests = {m.table: m for m in backup.tables}
     drop = [manifests[s.table] for s in todo if not manifests[s.table].present]
     rebuild = [manifests[s.table] for s in todo if manifests[s.table].present and not s.structure_equal]
     sync = [manifests[s.table] for s in todo if manifests[s.table].present and s.structure_equal]
     for manifest in drop:
-        cascade = " CASCADE" if conn.dialect.name == "postgresql" else ""
-        conn.execute(text(f"DROP TABLE IF EXISTS {quote_table(conn, manifest.table)}{cascade}"))
+        conn.execute(text(f"DROP TABLE IF EXISTS {quote_table(conn, manifest.table)}{dialect.drop_cascade}"))
         _set_action(todo, manifest.table, "dropped")
     with strategy.relations(conn, backup, rebuild + sync) as sources:
         if rebuild:
-            _rebuild(conn, rebuild, sources)
+            _rebuild(conn, dialect, rebuild, sources)
             for manifest in rebuild:
                 _set_action(todo, manifest.table, "rebuilt")
         ordered = _dependency_order(sync)
         restoring = {quote_table(conn, m.table) for m in [*drop, *rebuild, *sync]}
-        diffs: dict[str, str] = {}
+        diffs: dict[str, str | None] = {}
         for index, manifest in enumerate(reversed(ordered)):
-            if conn.dialect.name == "postgresql":
-                _refuse_cascades(conn, manifest, sources[manifest.table], restoring)
-                if manifest.table_definition.primary_key:
-                    diffs[manifest.table] = _diff_keys(conn, manifest, sources[manifest.table], index)
-            _delete_extra(conn, manifest, sources[manifest.table], diffs.get(manifest.table))
+            source, definition_ = sources[manifest.table], manifest.table_definition
+            dialect.refuse_cascades(conn, manifest.table, definition_, source, restoring)
+            diffs[manifest.table] = dialect.diff_keys(conn, manifest.table, definition_, source, index)
+            _delete_extra(conn, manifest, source, diffs[manifest.table])
         for manifest in ordered:
-            _update_and_insert(conn, manifest, sources[manifest.table], diffs.get(manifest.table))
+            _update_and_insert(conn, dialect, manifest, sources[manifest.table], diffs.get(manifest.table))
             _set_action(todo, manifest.table, "synchronised")
 
 
@@ -234,135 +225,45 @@ def _cols(conn: Connection, names: list[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{prep.quote_identifier(n)}" for n in names)
 
 
-def _insert_all(conn: Connection, table: str, columns: list[str], source: str) -> None:
-    overriding = " OVERRIDING SYSTEM VALUE" if conn.dialect.name == "postgresql" else ""
+def _insert_all(conn: Connection, dialect: Dialect, table: str, columns: list[str], source: str) -> None:
     cols = _cols(conn, columns)
-    conn.execute(text(f"INSERT INTO {quote_table(conn, table)} ({cols}){overriding} SELECT {cols} FROM {source}"))
+    conn.execute(text(f"INSERT INTO {quote_table(conn, table)} ({cols}){dialect.insert_overriding} "
+                      f"SELECT {cols} FROM {source}"))
 
 
-def _rebuild(conn: Connection, manifests: list[TableManifest], sources: dict[str, str]) -> None:
+def _rebuild(conn: Connection, dialect: Dialect, manifests: list[TableManifest], sources: dict[str, str]) -> None:
     """Drop and re-create each table from its manifest definition, refill it, then add foreign keys (its
-    own, and other tables' that pointed at it) once every rebuilt table holds its rows."""
-    postgres = conn.dialect.name == "postgresql"
+    own, and other tables' that pointed at it) once every rebuilt table holds its rows. The dialect carries
+    over what lives outside the table (PostgreSQL: sequences, other tables' foreign keys)."""
     rebuilt = [quote_table(conn, m.table) for m in manifests]
     external_fks: list[str] = []
     for manifest in manifests:
         definition_ = manifest.table_definition
         qt = quote_table(conn, manifest.table)
-        new_sequences: list[tuple[str, str]] = []
-        handed_out: dict[str, int] = {}
-        if postgres:
-            if table_exists(conn, manifest.table):  # not when the table was dropped
-                external_fks += _drop_external_fks(conn, manifest.table, rebuilt)
-                handed_out = _identity_positions(conn, manifest.table)
-            for sequence, _ in definition_.owned_sequences:
-                conn.execute(text(f"ALTER SEQUENCE IF EXISTS {sequence} OWNED BY NONE"))
-        # SQLite: an unqualified name the main database lacks (the table was dropped) would resolve to the
-        # attached backup file's table (sqlite_backup) and drop that
-        main = "" if postgres or split_name(manifest.table)[0] else "main."
+        state = dialect.before_rebuild(conn, manifest.table, definition_, table_exists(conn, manifest.table),
+                                       rebuilt)
+        external_fks += state["external_fks"]
+        # an unqualified name the main database lacks (the table was dropped) could resolve to an attached
+        # copy's table (SQLite, sqlite_backup) and drop that: name the main schema
+        main = "" if split_name(manifest.table)[0] else dialect.main_schema
         conn.execute(text(f"DROP TABLE IF EXISTS {main}{qt}"))
-        if postgres:
-            new_sequences = _create_missing_sequences(conn, definition_)
-        # PostgreSQL: CREATE TABLE, then the rows, then the constraints (primary key, unique, check...): an
-        # index built once over the rows instead of updated row by row. SQLite: one CREATE TABLE with them.
+        dialect.before_create(conn, manifest.table, definition_, state)
+        # CREATE TABLE, then the rows, then the other constraints (PostgreSQL: primary key, unique, check...):
+        # an index built once over the rows instead of updated row by row
         table_ddl, constraints = definition_.create[:1], definition_.create[1:]
         for ddl in table_ddl:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
-        _insert_all(conn, manifest.table, definition_.insertable, sources[manifest.table])
-        if postgres:
-            _continue_sequences(conn, manifest.table, new_sequences, handed_out)
+        _insert_all(conn, dialect, manifest.table, definition_.insertable, sources[manifest.table])
+        dialect.after_fill(conn, manifest.table, state)
         for ddl in [*constraints, *definition_.indexes]:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
         log.info("restore: rebuilt %s from its backed-up definition and rows", manifest.table)
     for manifest in manifests:
-        definition_ = manifest.table_definition
-        for ddl in definition_.foreign_keys:
+        for ddl in manifest.table_definition.foreign_keys:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
-        for sequence, column in definition_.owned_sequences:
-            owner = f"{quote_table(conn, manifest.table)}.{conn.dialect.identifier_preparer.quote_identifier(column)}"
-            conn.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {owner}"))
+        dialect.after_constraints(conn, manifest.table, manifest.table_definition)
     for ddl in external_fks:
         conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
-
-
-def _create_missing_sequences(conn: Connection, definition_: TableDefinition) -> list[tuple[str, str]]:
-    """Create the serial columns' sequences that are gone (dropping a table drops the sequences it owns), so
-    the column defaults (``nextval``) work again; return them as [sequence, column]."""
-    types = {c.name: c.type for c in definition_.columns}
-    created = []
-    for sequence, column in definition_.owned_sequences:
-        if conn.execute(text("SELECT to_regclass(:s) IS NULL"), {"s": sequence}).scalar():
-            as_type = f" AS {types[column]}" if types.get(column) in ("smallint", "integer", "bigint") else ""
-            conn.execute(text(f"CREATE SEQUENCE {sequence}{as_type}"))
-            created.append((sequence, column))
-    return created
-
-
-_IDENTITY_SEQUENCES = (
-    "SELECT pg_get_serial_sequence(:t, attname), attname FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
-    "AND attnum > 0 AND NOT attisdropped AND attidentity <> ''")
-
-
-def _identity_positions(conn: Connection, table: str) -> dict[str, int]:
-    """The last value each identity column's sequence handed out (a rebuild makes these sequences anew)."""
-    positions = {}
-    for sequence, column in conn.execute(text(_IDENTITY_SEQUENCES), {"t": quote_table(conn, table)}).all():
-        last = conn.execute(text("SELECT pg_sequence_last_value(CAST(:s AS regclass))"), {"s": sequence}).scalar()
-        if last is not None:
-            positions[column] = int(last)
-    return positions
-
-
-def _continue_sequences(conn: Connection, table: str, sequences: list[tuple[str, str]],
-                        handed_out: dict[str, int]) -> None:
-    """Move new sequences (re-created serial ones, and every identity column's, which the rebuild made anew)
-    past the restored rows and past what the old sequence handed out, so no key is handed out twice."""
-    qt = quote_table(conn, table)
-    identity = conn.execute(text(_IDENTITY_SEQUENCES), {"t": qt}).all()
-    prep = conn.dialect.identifier_preparer
-    for sequence, column in [*sequences, *identity]:
-        top = f"greatest(max({prep.quote_identifier(column)}), :handed_out)"
-        conn.execute(text(f"SELECT setval(CAST(:s AS regclass), {top}) FROM {qt} HAVING {top} IS NOT NULL"),
-                     {"s": sequence, "handed_out": handed_out.get(column)})
-
-
-def _drop_external_fks(conn: Connection, table: str, rebuilt: list[str]) -> list[str]:
-    """Drop foreign keys of other tables that point at ``table``; return the DDL that re-adds them."""
-    rows = conn.execute(text(
-        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE contype = 'f' AND confrelid = CAST(:t AS regclass) AND conrelid <> confrelid"),
-        {"t": quote_table(conn, table)}).all()
-    prep = conn.dialect.identifier_preparer
-    readd = []
-    for owner, name, ddl in rows:
-        if owner in rebuilt or prep.quote(owner) in rebuilt:
-            continue  # rebuilt too: its own definition brings the key back
-        conn.execute(text(f"ALTER TABLE {owner} DROP CONSTRAINT {prep.quote_identifier(name)}"))
-        readd.append(f"ALTER TABLE {owner} ADD CONSTRAINT {prep.quote_identifier(name)} {ddl}")
-    return readd
-
-
-def _diff_keys(conn: Connection, manifest: TableManifest, source: str, index: int) -> str:
-    """PostgreSQL, a table with a primary key: one FULL JOIN of the table and its backed-up rows keeps the keys
-    whose rows differ in a temporary table (dropped at commit), with ``extra`` (only in the table) and
-    ``missing`` (only in the backup); the deletes, updates and inserts then touch only those keys."""
-    definition_ = manifest.table_definition
-    prep = conn.dialect.identifier_preparer
-    qt = quote_table(conn, manifest.table)
-    name = f"airflow_migrate_diff_{index}"
-    keys = definition_.primary_key
-    first = prep.quote_identifier(keys[0])  # a primary key column is never null: null = no row on that side
-    values = [c for c in definition_.insertable if c not in keys]
-    differs = (f" OR ({_cols(conn, values, 'l.')})::text IS DISTINCT FROM ({_cols(conn, values, 'b.')})::text"
-               if values else "")
-    key_cols = ", ".join(f"coalesce(l.{prep.quote_identifier(k)}, b.{prep.quote_identifier(k)}) AS "
-                         f"{prep.quote_identifier(k)}" for k in keys)
-    conn.execute(text(
-        f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS SELECT {key_cols}, b.{first} IS NULL AS extra, "
-        f"l.{first} IS NULL AS missing FROM {qt} AS l FULL JOIN {source} AS b "
-        f"ON {_key_match(conn, definition_, 'l', 'b')} WHERE l.{first} IS NULL OR b.{first} IS NULL{differs}"))
-    conn.execute(text(f"ANALYZE {name}"))
-    return name
 
 
 def _delete_extra(conn: Connection, manifest: TableManifest, source: str, diff: str | None = None) -> None:
@@ -376,41 +277,9 @@ def _delete_extra(conn: Connection, manifest: TableManifest, source: str, diff: 
                                     f"{_key_match(conn, definition_, qt, 'd')}"))
         log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
         return
-    match = _key_match(conn, definition_, qt, "b")  # SQLite: PostgreSQL passes the keys of _diff_keys
+    match = _key_match(conn, definition_, qt, "b")  # where the dialect found no differing keys
     deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
     log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
-
-
-_CASCADING_FKS = (
-    "SELECT c.conrelid::regclass::text, c.conname, "
-    "array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
-    "ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
-    "array(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) JOIN pg_attribute a "
-    "ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
-    "FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = CAST(:t AS regclass) "
-    "AND c.conrelid <> c.confrelid AND c.confdeltype IN ('c', 'n', 'd')")
-
-
-def _refuse_cascades(conn: Connection, manifest: TableManifest, source: str, restoring: set[str]) -> None:
-    """Deleting rows the backup lacks must not cascade (ON DELETE CASCADE / SET NULL / SET DEFAULT) into a
-    table that is not being restored: that would change data no backup covers. Refuse instead."""
-    definition_ = manifest.table_definition
-    qt = quote_table(conn, manifest.table)
-    prep = conn.dialect.identifier_preparer
-    for owner, name, cols, refcols in conn.execute(text(_CASCADING_FKS), {"t": qt}).all():
-        if owner in restoring or prep.quote(owner) in restoring:
-            continue
-        links = " AND ".join(f"p.{prep.quote_identifier(r)} = ch.{prep.quote_identifier(c)}"
-                             for c, r in zip(cols, refcols, strict=True))
-        gone = (f" AND NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {_key_match(conn, definition_, 'p', 'b')})"
-                if definition_.primary_key else "")
-        hit = conn.execute(text(f"SELECT count(*) FROM {owner} AS ch WHERE EXISTS (SELECT 1 FROM {qt} AS p "
-                                f"WHERE {links}{gone})")).scalar()
-        if hit:
-            raise RestoreFailed(
-                f"restoring {manifest.table} would delete rows that {hit} row(s) of {owner} reference through "
-                f"foreign key {name} (ON DELETE acts on them), and {owner} is not in the backup; the restore "
-                f"was rolled back, nothing changed. Add {owner} to backup.tables, or deal with those rows first.")
 
 
 def _key_match(conn: Connection, definition_: TableDefinition, left: str, right: str) -> str:
@@ -419,17 +288,18 @@ def _key_match(conn: Connection, definition_: TableDefinition, left: str, right:
                         for k in definition_.primary_key)
 
 
-def _update_and_insert(conn: Connection, manifest: TableManifest, source: str, diff: str | None = None) -> None:
+def _update_and_insert(conn: Connection, dialect: Dialect, manifest: TableManifest, source: str,
+                       diff: str | None = None) -> None:
     definition_ = manifest.table_definition
     qt = quote_table(conn, manifest.table)
     columns = definition_.insertable
     if not definition_.primary_key:
-        _insert_all(conn, manifest.table, columns, source)
+        _insert_all(conn, dialect, manifest.table, columns, source)
         return
     prep = conn.dialect.identifier_preparer
     values = [c for c in columns if c not in definition_.primary_key]
     bare = prep.quote_identifier(split_name(manifest.table)[1])
-    if diff is not None:  # PostgreSQL: only the keys _diff_keys found
+    if diff is not None:  # only the keys the dialect's diff_keys found
         if values:
             updated = conn.execute(text(
                 f"UPDATE {qt} SET ({_cols(conn, values)}) = ROW({_cols(conn, values, 'b.')}) FROM {source} AS b "
@@ -438,11 +308,11 @@ def _update_and_insert(conn: Connection, manifest: TableManifest, source: str, d
             log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
                      updated.rowcount)
         inserted = conn.execute(text(
-            f"INSERT INTO {qt} ({_cols(conn, columns)}) OVERRIDING SYSTEM VALUE SELECT {_cols(conn, columns, 'b.')} "
+            f"INSERT INTO {qt} ({_cols(conn, columns)}){dialect.insert_overriding} SELECT {_cols(conn, columns, 'b.')} "
             f"FROM {source} AS b JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE d.missing"))
         log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
         return
-    # SQLite (PostgreSQL tables with a primary key always take the _diff_keys path above)
+    # where the dialect finds no differing keys (SQLite): statements that compare every row
     if values:
         differs = " OR ".join(f"{bare}.{prep.quote_identifier(c)} IS NOT b.{prep.quote_identifier(c)}"
                               for c in values)
@@ -455,15 +325,6 @@ def _update_and_insert(conn: Connection, manifest: TableManifest, source: str, d
         f"INSERT INTO {qt} ({_cols(conn, columns)}) SELECT {_cols(conn, columns, 'b.')} FROM {source} AS b "
         f"WHERE NOT EXISTS (SELECT 1 FROM {qt} AS live WHERE {_key_match(conn, definition_, 'live', 'b')})"))
     log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
-
-
-def _sqlite_fk_check(conn: Connection) -> None:
-    problems = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-    if problems:
-        shown = "; ".join(f"{r[0]} row {r[1]} → {r[2]}" for r in problems[:5])
-        raise RestoreFailed(f"the restored tables break foreign keys ({len(problems)} row(s): {shown}); the "
-                            f"restore was rolled back. Restore the referencing tables too (add them to "
-                            f"backup.tables).")
 
 
 __all__ = ["RestoreReport", "TableState", "compare", "compare_backup", "restore_backup"]
