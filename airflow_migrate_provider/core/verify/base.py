@@ -4,11 +4,12 @@ result it returns (a row of the report analysts read)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.backfill.sql import SqlText
+from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.errors import VerifySpecError as VerifySpecError  # re-exported: raised by checks
 
 MAX_REPORTED = 100  # differences listed per check; totals are always exact
@@ -24,13 +25,10 @@ class Side:
     filter: str | None = None
     label: str = ""  # "source" / "target", for messages
 
-    @property
-    def sql(self) -> SqlText:
-        return SqlText(self.engine)
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+    @cached_property
+    def dialect(self) -> Dialect:
+        """The side's database adapter: quoting, placeholders and everything else that differs."""
+        return dialect_of(self.engine)
 
     @property
     def name(self) -> str:
@@ -39,11 +37,11 @@ class Side:
     def from_clause(self) -> str:
         """``"schema"."table"`` or ``(<query>) AS q``, ready to follow FROM."""
         if self.table is not None:
-            return self.sql.ident(self.table)
-        return f"({self.sql.fragment(self.query or '')}) AS q"
+            return self.dialect.ident(self.table)
+        return f"({self.dialect.fragment(self.query or '')}) AS q"
 
     def where(self, *conditions: str | None) -> str:
-        parts = [c for c in (*conditions, self.sql.fragment(self.filter) if self.filter else None) if c]
+        parts = [c for c in (*conditions, self.dialect.fragment(self.filter) if self.filter else None) if c]
         return f" WHERE {' AND '.join(f'({p})' for p in parts)}" if parts else ""
 
 

@@ -187,12 +187,14 @@ def _import_gx() -> Any:
 
 def _add_datasource(ctx: Any, engine: Engine) -> Any:
     url = engine.url.render_as_string(hide_password=False)  # secret: handed to GX only, never logged
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        return ctx.data_sources.add_postgres(name="db", connection_string=url)
-    if dialect == "sqlite":
-        return ctx.data_sources.add_sqlite(name="db", connection_string=url)
-    return ctx.data_sources.add_sql(name="db", connection_string=url)
+    from airflow_migrate_provider.core.dialects import dialect_of
+    from airflow_migrate_provider.errors import UnsupportedDatabase
+
+    try:
+        kind = dialect_of(engine).gx_datasource
+    except UnsupportedDatabase:
+        kind = "sql"
+    return getattr(ctx.data_sources, f"add_{kind}")(name="db", connection_string=url)
 
 
 def _add_table(datasource: Any, schema: str | None, table_name: str) -> Any:

@@ -263,9 +263,6 @@ def _values_text(values: dict[str, float]) -> str:
 
 
 def _transient(engine: Engine, exc: BaseException) -> bool:
-    from airflow_migrate_provider.core.dialects import dialect_named
+    from airflow_migrate_provider.core.dialects import is_transient
 
-    try:
-        return dialect_named(engine.dialect.name).is_transient(exc)
-    except Exception:
-        return False
+    return is_transient(engine, exc)

@@ -154,9 +154,6 @@ def _rollback(conn: Connection) -> None:
 
 
 def _transient(conn: Connection, exc: BaseException) -> bool:
-    from airflow_migrate_provider.core.dialects import dialect_named
+    from airflow_migrate_provider.core.dialects import is_transient
 
-    try:
-        return dialect_named(conn.dialect.name).is_transient(exc)
-    except Exception:
-        return False
+    return is_transient(conn, exc)

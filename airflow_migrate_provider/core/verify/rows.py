@@ -10,20 +10,15 @@ as timestamps; PostgreSQL JSON is read as text, never parsed into Python floats)
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import dataclass, fields
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
-from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 
-from airflow_migrate_provider.core.dialects import dialect_named
+from airflow_migrate_provider.core.dialects import is_transient
 from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, ColumnRule, Difference, Side
 from airflow_migrate_provider.core.verify.structure import (
     VerifyInputError,
@@ -34,12 +29,9 @@ from airflow_migrate_provider.core.verify.structure import (
     type_category,
 )
 from airflow_migrate_provider.core.verify.values import row_text, values_equal
-from airflow_migrate_provider.errors import MigrateError, db_error_line
+from airflow_migrate_provider.errors import db_error_line
 
-_SCAN_ROWS = 200_000  # PostgreSQL tables estimated above this are sampled by pages (TABLESAMPLE SYSTEM)
-_OVERSAMPLE = 20  # TABLESAMPLE aims at this many times ``size`` rows, then keeps ``size`` of them
 _KEYS_PER_QUERY = 500
-_RANK_FUNCTION = "airflow_migrate_sample_rank"
 # when the two sides disagree on a column's category, the one that says most about how to read a value wins
 _KIND_ORDER = ["bool", "json", "datetime", "number", "integer", "binary", "text", "other"]
 _PLAN_FIELDS = {"json": "as_json"}  # ColumnRule attribute → the plan's tolerance field, where they differ
@@ -52,10 +44,7 @@ _RULE_KINDS = {
 
 def _db_failure(exc: sa_exc.SQLAlchemyError, side: Side, role: str, doing: str) -> Exception:
     """A database error as an input error naming the plan field, unless retrying can help (then as is)."""
-    try:
-        transient = dialect_named(side.dialect).is_transient(exc)
-    except MigrateError:
-        transient = False
+    transient = is_transient(side.engine, exc)
     if transient or (side.table is not None and not side.filter):
         return exc
     field = f"{role}.filter" if side.table is not None else f"{role}.query"
@@ -122,10 +111,8 @@ def _probe(side: Side, select: str) -> dict[str, str | None]:
         codes = [d[1] for d in result.cursor.description] if result.cursor is not None else []
         result.close()
         categories: dict[str, str | None] = dict.fromkeys(names)
-        if side.dialect == "postgresql" and codes:
-            found = dict(conn.execute(text("SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(:o)"),
-                                      {"o": sorted({int(c) for c in codes})}).all())
-            categories = {n: type_category(normalize_type(found.get(int(c), "")))
+        if codes and (found := side.dialect.describe_type_codes(conn, codes)):
+            categories = {n: type_category(normalize_type(found[int(c)].formatted if int(c) in found else ""))
                           for n, c in zip(names, codes, strict=True)}
         conn.rollback()
     return categories
@@ -133,7 +120,7 @@ def _probe(side: Side, select: str) -> dict[str, str | None]:
 
 def _probe_mapped(source: Side, exprs: dict[str, str], ordered: list[str], columns: dict[str, str]) -> dict[str, Any]:
     """Categories of the source SELECT list; a failing `columns` expression is named with its field."""
-    sql = source.sql
+    sql = source.dialect
     try:
         return _probe(source, ", ".join(f"{exprs[n]} AS {sql.ident(n)}" for n in ordered))
     except sa_exc.SQLAlchemyError as exc:
@@ -191,7 +178,7 @@ def _resolve(source: Side, target: Side, key: list[str], columns: dict[str, str]
         if name not in names:
             raise VerifyInputError(f"tolerances.{name}", f"column '{name}' is not compared: it is not a column of "
                                                          f"both sides and not mapped in `columns`")
-    sql = source.sql
+    sql = source.dialect
     exprs = {n: sql.fragment(columns[n]) if n in columns else sql.ident(n) for n in names}
     ordered = key + [n for n in names if n not in key]
     probed = _probe_mapped(source, exprs, ordered, columns) if columns else {}
@@ -210,67 +197,25 @@ def _select(side: Side, exprs: list[tuple[str, str]], categories: dict[str, str 
     """The SELECT list; PostgreSQL JSON is read as text (psycopg would parse numbers into floats)."""
     items = []
     for name, expr in exprs:
-        if side.dialect == "postgresql" and categories.get(name) == "json":
-            expr = f"CAST(({expr}) AS text)"
-        items.append(f"{expr} AS {side.sql.ident(name)}")
+        if categories.get(name) == "json":
+            expr = side.dialect.read_json_as_text(expr)
+        items.append(f"{expr} AS {side.dialect.ident(name)}")
     return ", ".join(items)
-
-
-def _rank(seed: int, *key: Any) -> int:
-    return int.from_bytes(hashlib.blake2b(repr((seed, *key)).encode(), digest_size=7).digest(), "big")
 
 
 def _sample_keys(side: Side, key_exprs: list[str], size: int, seed: int) -> tuple[list[tuple[Any, ...]], str]:
     """Up to ``size`` keys chosen at random (reproducibly for a seed), and how they were chosen."""
-    keys, where = ", ".join(key_exprs), side.where()
     with side.engine.connect() as conn:
-        if side.dialect == "postgresql":
-            estimate = None
-            if side.table is not None:
-                estimate = conn.execute(text(
-                    "SELECT CASE WHEN reltuples >= 0 THEN reltuples ELSE pg_relation_size(oid) / 100.0 END "
-                    "FROM pg_class WHERE oid = to_regclass(:t) AND relkind IN ('r', 'm')"
-                ), {"t": side.from_clause()}).scalar()
-            unit = random.Random(seed).uniform(-1, 1)
-            percent = min(100.0, size * _OVERSAMPLE * 100.0 / float(estimate)) if estimate else 100.0
-            while estimate and estimate > _SCAN_ROWS and percent < 100:
-                conn.exec_driver_sql("SELECT setseed(%(u)s)", {"u": unit})
-                rows = conn.exec_driver_sql(
-                    f"SELECT {keys} FROM {side.from_clause()} TABLESAMPLE SYSTEM ({percent:.6f}) "
-                    f"REPEATABLE ({seed % 2**31}){where} ORDER BY random() LIMIT {size}", {}).all()
-                if len(rows) >= size:
-                    conn.rollback()
-                    return [tuple(r) for r in rows], f"TABLESAMPLE SYSTEM {percent:.4g}%"
-                percent *= 10
-            conn.exec_driver_sql("SELECT setseed(%(u)s)", {"u": unit})
-            order, how = "random()", "ORDER BY random() LIMIT"
-        elif side.dialect == "sqlite":
-            conn.connection.driver_connection.create_function(_RANK_FUNCTION, -1, _rank, deterministic=True)
-            order, how = f"{_RANK_FUNCTION}({seed}, {keys})", "seeded hash of the key"
-        else:
-            order, how = f"RAND({seed})", "ORDER BY RAND(seed) LIMIT"
-        rows = conn.exec_driver_sql(f"SELECT {keys} FROM {side.from_clause()}{where} ORDER BY {order} LIMIT {size}",
-                                    {}).all()
+        found = side.dialect.sample_keys(conn, ", ".join(key_exprs), side.from_clause(), side.where(),
+                                         side.table is not None, size, seed)
         conn.rollback()
-    return [tuple(r) for r in rows], how
-
-
-def _bindable(value: Any, dialect: str) -> Any:
-    if dialect != "sqlite":
-        return value
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else str(value)
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, (date, UUID)):
-        return str(value)
-    return value
+    return found
 
 
 def _fetch(side: Side, role: str, exprs: list[tuple[str, str]], categories: dict[str, str | None], key_count: int,
            keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The rows of ``keys`` on one side (with its filter), in batches of row-value IN lists."""
-    sql, rows = side.sql, []
+    sql, rows = side.dialect, []
     key_exprs = [e for _, e in exprs[:key_count]]
     select = _select(side, exprs, categories)
     try:
@@ -281,11 +226,10 @@ def _fetch(side: Side, role: str, exprs: list[tuple[str, str]], categories: dict
                 for i, values in enumerate(keys[start:start + _KEYS_PER_QUERY]):
                     names = []
                     for j, value in enumerate(values):
-                        params[f"k{i}_{j}"] = _bindable(value, side.dialect)
+                        params[f"k{i}_{j}"] = sql.key_value(value)
                         names.append(sql.param(f"k{i}_{j}"))
                     tuples.append(sql.row(names) if key_count == 1 else f"({', '.join(names)})")
-                listed = (f"VALUES {', '.join(tuples)}" if key_count > 1 and side.dialect == "sqlite"
-                          else ", ".join(tuples))
+                listed = sql.in_list(tuples, key_count)
                 condition = f"{sql.row(key_exprs)} IN ({listed})"
                 rows += conn.exec_driver_sql(f"SELECT {select} FROM {side.from_clause()}{side.where(condition)}",
                                              params).all()
@@ -311,7 +255,7 @@ def data_sample(source: Side, target: Side, key: list[str], columns: dict[str, s
     compared = _resolve(source, target, list(key), dict(columns or {}), dict(rules or {}))
     kinds = {c.name: c.kind for c in compared}
     src_exprs = [(c.name, c.source_expr) for c in compared]
-    tgt_exprs = [(c.name, target.sql.ident(c.name)) for c in compared]
+    tgt_exprs = [(c.name, target.dialect.ident(c.name)) for c in compared]
     try:
         keys, how = _sample_keys(source, [e for _, e in src_exprs[:len(key)]], size, seed)
     except sa_exc.SQLAlchemyError as exc:

@@ -19,12 +19,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.backfill.spec import category_of_sa_type
-from airflow_migrate_provider.core.backfill.sql import SqlText
+from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference, Side
+from airflow_migrate_provider.core.verify.normalize import (
+    normalize_default,
+    normalize_sql,
+    normalize_type,
+    type_category,
+)
 from airflow_migrate_provider.errors import VerifyInputError
 
 T = TypeVar("T")
@@ -66,119 +71,6 @@ class ForeignKey:
         return f"foreign key ({', '.join(self.columns)}) -> {self.referred}"
 
 
-_TYPE_NAMES = {
-    "int2": "smallint", "smallint": "smallint", "tinyint": "smallint", "smallserial": "smallint",
-    "int": "integer", "int4": "integer", "integer": "integer", "mediumint": "integer", "serial": "integer",
-    "int8": "bigint", "bigint": "bigint", "bigserial": "bigint",
-    "numeric": "numeric", "decimal": "numeric",
-    "real": "real", "float4": "real", "double precision": "double", "double": "double", "float8": "double",
-    "varchar": "text", "character varying": "text", "nvarchar": "text", "varying character": "text",
-    "text": "text", "clob": "text", "string": "text",
-    "char": "char", "character": "char", "nchar": "char", "bpchar": "char", "native character": "char",
-    "timestamp": "timestamp", "timestamp without time zone": "timestamp", "datetime": "timestamp",
-    "timestamptz": "timestamp with time zone", "timestamp with time zone": "timestamp with time zone",
-    "date": "date", "time": "time", "time without time zone": "time",
-    "timetz": "time with time zone", "time with time zone": "time with time zone", "interval": "interval",
-    "bool": "boolean", "boolean": "boolean", "json": "json", "jsonb": "json", "uuid": "uuid",
-    "bytea": "binary", "blob": "binary", "binary": "binary", "varbinary": "binary",
-}
-_KEEP_ARGS = {"numeric", "text", "char", "timestamp", "timestamp with time zone", "time", "time with time zone"}
-_CATEGORIES = {
-    "smallint": "integer", "integer": "integer", "bigint": "integer", "numeric": "number", "real": "number",
-    "double": "number", "text": "text", "char": "text", "uuid": "text", "timestamp": "datetime", "date": "datetime",
-    "time": "datetime", "interval": "datetime", "boolean": "bool", "json": "json", "binary": "binary",
-}
-
-
-def normalize_type(declared: str) -> str:
-    """A declared type as one name across dialects: ``character varying(50)``/``VARCHAR(50)`` → ``text(50)``,
-    ``int4``/``INTEGER`` → ``integer``, ``timestamp(3) with time zone``, ``jsonb`` → ``json``."""
-    spelled = " ".join(declared.lower().replace('"', "").split())
-    array = ""
-    while spelled.endswith("[]"):
-        array, spelled = array + "[]", spelled[:-2].rstrip()
-    found = re.search(r"\(([^)]*)\)", spelled)
-    args = re.sub(r"\s+", "", found.group(1)) if found else ""
-    base = " ".join(re.sub(r"\([^)]*\)", " ", spelled).split())
-    if base == "float":
-        base, args = ("real" if args.isdigit() and int(args) <= 24 else "double"), ""
-    name = _TYPE_NAMES.get(base, base) or "any"
-    if name not in _KEEP_ARGS and name in _CATEGORIES:
-        args = ""
-    if name == "numeric" and args.endswith(",0"):
-        args = args[:-2]
-    if name.startswith(("timestamp", "time")) and args == "6":
-        args = ""  # the default precision
-    if args:
-        head, _, rest = name.partition(" ")
-        name = f"{head}({args})" + (f" {rest}" if rest else "")
-    return name + array
-
-
-def type_category(type_name: str, sa_type: Any = None) -> str:
-    """The coarse category of a normalized type name (falls back to the reflected SQLAlchemy type)."""
-    if type_name.endswith("[]"):
-        return "other"
-    head = re.sub(r"\(.*?\)", "", type_name).split(" ")[0]
-    return _CATEGORIES.get(head) or (category_of_sa_type(sa_type) if sa_type is not None else "other")
-
-
-_LITERAL = re.compile(r"'(?:[^']|'')*'")
-_CAST = re.compile(r"::\s*(?:\"[^\"]+\"|[a-z_][\w.]*)(?:\s+(?:varying|precision|with(?:out)?\s+time\s+zone))*"
-                   r"(?:\s*\(\s*\d+(?:\s*,\s*\d+)?\s*\))?(?:\s*\[\])*")
-_TOKEN_IN_PARENS = re.compile(r"(?<![\w)\]])\(([\w.\x01\x02]+)\)")
-_OPERATORS = [(re.compile(r"\s*!~~\*\s*"), " not ilike "), (re.compile(r"\s*~~\*\s*"), " ilike "),
-              (re.compile(r"\s*!~~\s*"), " not like "), (re.compile(r"\s*~~\s*"), " like "),
-              (re.compile(r"\s*(<>|!=|<=|>=|=|<|>)\s*"), r" \1 ")]
-_ANY_ARRAY = re.compile(r" = any \(array\[(.*?)\]\)")
-
-
-def normalize_sql(sql: str) -> str:
-    """SQL text made comparable across dialects, loosely: lowercase outside string literals, no casts or
-    identifier quotes, no redundant parentheses, ``x = any (array[a, b])`` read as ``x in (a, b)``."""
-    literals: list[str] = []
-
-    def keep(match: re.Match[str]) -> str:
-        literals.append(match.group())
-        return f"\x01{len(literals) - 1}\x02"
-
-    code = _CAST.sub("", _LITERAL.sub(keep, sql).lower()).replace('"', "").replace("!=", "<>")
-    for pattern, replacement in _OPERATORS:
-        code = pattern.sub(replacement, code)
-    code = re.sub(r"\s*,\s*", ", ", " ".join(code.split()))
-    code = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", code))
-    code = _ANY_ARRAY.sub(r" in (\1)", code)
-    previous = None
-    while previous != code:
-        previous, code = code, _TOKEN_IN_PARENS.sub(r"\1", code)
-    while code.startswith("(") and code.endswith(")") and _wraps(code):
-        code = code[1:-1].strip()
-    return re.sub(r"\x01(\d+)\x02", lambda m: literals[int(m.group(1))], code)
-
-
-def _wraps(code: str) -> bool:
-    """True when the first parenthesis closes at the very end (``(a) and (b)`` is not wrapped)."""
-    depth = 0
-    for i, char in enumerate(code):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth == 0:
-            return i == len(code) - 1
-    return False
-
-
-def _normalize_default(default: str | None) -> str | None:
-    if default is None:
-        return None
-    if "nextval(" in default.lower():
-        return "sequence"
-    value = normalize_sql(default)
-    if value in ("now()", "current_timestamp()", "transaction_timestamp()"):
-        return "current_timestamp"
-    if re.fullmatch(r"'-?\d+(\.\d+)?'", value):
-        return value[1:-1]
-    return value
-
-
 def _loose(ident: str) -> str:
     """How ids are matched against ``expected``: case, whitespace and arrow spelling do not matter."""
     return re.sub(r"\s+", "", ident.replace("→", "->")).casefold()
@@ -207,28 +99,8 @@ def require_table(side: Side, role: str, check: str | None = None) -> str:
     return side.table
 
 
-def _pragma(engine: Engine, schema: str | None, pragma: str, argument: str) -> list[Any]:
-    sql = SqlText(engine)
-    prefix = f"{sql.ident(schema)}." if schema else ""
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql(f"PRAGMA {prefix}{pragma}({sql.ident(argument)})").all()
-        conn.rollback()
-    return rows
-
-
-def _declared_types(engine: Engine, table: str) -> dict[str, str]:
-    schema, name = _split(table)
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
-            ), {"t": SqlText(engine).ident(table)}).all()
-            conn.rollback()
-        return {r[0]: r[1] for r in rows}
-    if engine.dialect.name == "sqlite":
-        return {r[1]: r[2] or "" for r in _pragma(engine, schema, "table_info", name)}
-    return {}
+def _dialect(engine: Engine) -> Dialect:
+    return dialect_of(engine)
 
 
 def describe_columns(engine: Engine, table: str) -> list[ColumnInfo] | None:
@@ -240,45 +112,21 @@ def describe_columns(engine: Engine, table: str) -> list[ColumnInfo] | None:
     except sa_exc.NoSuchTableError:
         return None
     pk = insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
-    declared = _declared_types(engine, table)
+    dialect = _dialect(engine)
+    declared = dialect.declared_types(engine, table)
     columns = []
     for col in reflected:
         spelled = declared.get(col["name"])
         if spelled is None:
             spelled = str(col["type"].compile(dialect=engine.dialect))
         type_name = normalize_type(spelled)
-        default = _normalize_default(col.get("default"))
-        rowid_alias = engine.dialect.name == "sqlite" and pk == [col["name"]] and spelled.upper() == "INTEGER"
+        default = normalize_default(col.get("default"))
+        rowid_alias = dialect.is_rowid_alias(pk, col["name"], spelled)
         if col.get("identity") or rowid_alias:
             default = "sequence"
         columns.append(ColumnInfo(col["name"], type_name, type_category(type_name, col["type"]),
                                   bool(col["nullable"]) and col["name"] not in pk, default))
     return columns
-
-
-def _split_top_level(sql: str, start: int) -> tuple[list[str], int]:
-    """Comma-separated items of the parenthesized list opening at ``sql[start]``, and the index after it."""
-    items, depth, quote, current = [], 0, "", ""
-    for i in range(start, len(sql)):
-        char = sql[i]
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"`[":
-            quote = "]" if char == "[" else char
-        elif char == "(":
-            depth += 1
-            if depth == 1:
-                continue
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return [*items, current.strip()], i + 1
-        elif char == "," and depth == 1:
-            items.append(current.strip())
-            current = ""
-            continue
-        current += char
-    return [*items, current.strip()], len(sql)
 
 
 def _element(raw: str, columns: dict[str, str], sorting: tuple[str, ...] = ()) -> str:
@@ -293,80 +141,18 @@ def _element(raw: str, columns: dict[str, str], sorting: tuple[str, ...] = ()) -
     return " ".join([shown, *(["desc"] if descending else []), *extras])
 
 
-def _sqlite_indexes(engine: Engine, table: str, columns: dict[str, str]) -> list[IndexInfo]:
-    schema, name = _split(table)
-    master = f"{SqlText(engine).ident(schema)}.sqlite_master" if schema else "sqlite_master"
-    found = []
-    for row in _pragma(engine, schema, "index_list", name):
-        index_name, unique, origin = row[1], bool(row[2]), row[3]
-        if origin != "c":
-            continue  # pk / unique constraints are compared as constraints
-        with engine.connect() as conn:
-            sql = conn.exec_driver_sql(f"SELECT sql FROM {master} WHERE type = 'index' AND name = ?",
-                                       (index_name,)).scalar() or ""
-            conn.rollback()
-        on = re.search(r"\sON\s", sql, re.IGNORECASE)
-        opening = sql.find("(", on.end()) if on else -1
-        if opening < 0:
-            continue
-        items, end = _split_top_level(sql, opening)
-        rest = sql[end:].strip()
-        where = normalize_sql(rest[5:]) if rest[:5].upper() == "WHERE" else None
-        found.append(IndexInfo(index_name, tuple(_element(i, columns) for i in items), unique, where))
-    return found
-
-
 def describe_indexes(engine: Engine, table: str) -> list[IndexInfo]:
     """Indexes that are not the backing index of a primary key or unique constraint."""
     schema, name = _split(table)
     columns = {c["name"].casefold(): c["name"] for c in inspect(engine).get_columns(name, schema=schema)}
-    if engine.dialect.name == "sqlite":
-        return _sqlite_indexes(engine, table, columns)
-    found = []
-    for index in inspect(engine).get_indexes(name, schema=schema):
-        if index.get("duplicates_constraint"):
-            continue
-        expressions = index.get("expressions") or index["column_names"]
-        sorting = index.get("column_sorting") or {}
-        elements = tuple(_element(str(e), columns, tuple(sorting.get(e, ()))) for e in expressions)
-        where = next((v for k, v in (index.get("dialect_options") or {}).items() if k.endswith("_where")), None)
-        found.append(IndexInfo(index["name"], elements, bool(index["unique"]),
-                               normalize_sql(str(where)) if where is not None else None))
-    return found
+    return [IndexInfo(raw.name, tuple(_element(e, columns, sorting) for e, sorting in raw.elements), raw.unique,
+                      normalize_sql(raw.where) if raw.where is not None else None)
+            for raw in _dialect(engine).indexes(engine, table)]
 
 
 def _foreign_keys(engine: Engine, table: str) -> list[ForeignKey]:
-    schema, name = _split(table)
-    insp = inspect(engine)
-    if engine.dialect.name == "sqlite":  # the pragma knows ON DELETE of inline REFERENCES, the reflection does not
-        grouped: dict[int, list[Any]] = {}
-        for row in _pragma(engine, schema, "foreign_key_list", name):
-            grouped.setdefault(row[0], []).append(row)
-        keys = []
-        for rows in grouped.values():
-            rows.sort(key=lambda r: r[1])
-            referred_cols = [r[4] for r in rows]
-            if any(c is None for c in referred_cols):
-                referred_cols = insp.get_pk_constraint(rows[0][2], schema=schema).get("constrained_columns") or []
-            keys.append(ForeignKey(tuple(r[3] for r in rows), f"{rows[0][2]}({', '.join(referred_cols)})",
-                                   rows[0][6].lower(), rows[0][5].lower()))
-        return keys
-    keys = []
-    for fk in insp.get_foreign_keys(name, schema=schema):
-        referred = (f"{fk['referred_schema']}." if fk.get("referred_schema") else "") + fk["referred_table"]
-        options = fk.get("options") or {}
-        keys.append(ForeignKey(tuple(fk["constrained_columns"]), f"{referred}({', '.join(fk['referred_columns'])})",
-                               (options.get("ondelete") or "no action").lower(),
-                               (options.get("onupdate") or "no action").lower()))
-    return keys
-
-
-def _unique_constraints(engine: Engine, table: str) -> list[tuple[str, ...]]:
-    schema, name = _split(table)
-    if engine.dialect.name == "sqlite":  # the pragma also sees column-level UNIQUE, the reflection does not
-        return [tuple(r[2] for r in sorted(_pragma(engine, schema, "index_info", row[1]), key=lambda r: r[0]))
-                for row in _pragma(engine, schema, "index_list", name) if row[3] == "u"]
-    return [tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints(name, schema=schema)]
+    return [ForeignKey(fk.columns, f"{fk.referred_table}({', '.join(fk.referred_columns)})", fk.on_delete,
+                       fk.on_update) for fk in _dialect(engine).foreign_keys(engine, table)]
 
 
 def describe_constraints(engine: Engine, table: str) -> dict[str, Any]:
@@ -377,7 +163,7 @@ def describe_constraints(engine: Engine, table: str) -> dict[str, Any]:
     return {
         "primary_key": tuple(pk),
         "foreign_keys": _foreign_keys(engine, table),
-        "uniques": _unique_constraints(engine, table),
+        "uniques": _dialect(engine).unique_constraints(engine, table),
         "checks": [normalize_sql(c["sqltext"]) for c in insp.get_check_constraints(name, schema=schema)],
     }
 
@@ -385,7 +171,7 @@ def describe_constraints(engine: Engine, table: str) -> dict[str, Any]:
 def on_both_sides(fn: Callable[[Side, str], T], source: Side, target: Side) -> tuple[T, T]:
     """``fn(source, "source")`` and ``fn(target, "target")``, concurrently (in-memory SQLite: one after the
     other, each thread would get its own empty database)."""
-    if any(s.dialect == "sqlite" and s.engine.url.database in (None, "", ":memory:") for s in (source, target)):
+    if any(s.dialect.in_memory(s.engine) for s in (source, target)):
         return fn(source, "source"), fn(target, "target")
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
         first, second = pool.submit(fn, source, "source"), pool.submit(fn, target, "target")
