@@ -49,6 +49,7 @@ class MigrationHook(BaseHook):
             )
         return db_hook.get_sqlalchemy_engine()
 
-    def get_engine_and_dialect(self) -> tuple[Engine, Dialect]:
+    def get_engine_and_dialect(self, field: str = "connections.target") -> tuple[Engine, Dialect]:
+        """The engine and its dialect adapter; an unsupported database names ``field`` and the connection."""
         engine = self.get_engine()
-        return engine, dialect_for(engine)
+        return engine, dialect_for(engine, field=field, conn_id=self.conn_id)

@@ -12,15 +12,10 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 def async_url(conn_type: str, host: str | None, port: int | None, login: str | None, password: str | None,
               schema: str | None) -> Any:
-    """An async SQLAlchemy URL for an Airflow connection's fields (psycopg async, aiosqlite)."""
-    from sqlalchemy.engine import URL
+    """An async SQLAlchemy URL for an Airflow connection's fields (psycopg async, aiosqlite): the dialect's."""
+    from airflow_migrate_provider.core.dialects import dialect_for_conn_type
 
-    if conn_type in ("postgres", "postgresql"):
-        return URL.create("postgresql+psycopg_async", username=login, password=password, host=host, port=port,
-                          database=schema)
-    if conn_type == "sqlite":
-        return URL.create("sqlite+aiosqlite", database=host or schema)
-    raise ValueError(f"throttle deferral does not support connection type '{conn_type}'")
+    return dialect_for_conn_type(conn_type).async_url(host, port, login, password, schema)
 
 
 class ThrottleTrigger(BaseTrigger):
@@ -40,15 +35,17 @@ class ThrottleTrigger(BaseTrigger):
         from airflow.sdk import BaseHook
         from sqlalchemy.ext.asyncio import create_async_engine
 
+        from airflow_migrate_provider.core.dialects import dialect_for_conn_type
+
         conn = await BaseHook.aget_connection(self.conn_id)
-        engine = create_async_engine(async_url(conn.conn_type, conn.host, conn.port, conn.login, conn.password,
-                                               conn.schema))
+        dialect = dialect_for_conn_type(conn.conn_type)
+        engine = create_async_engine(dialect.async_url(conn.host, conn.port, conn.login, conn.password, conn.schema))
+        query = dialect.async_fragment(self.query)
         started = time.monotonic()
         try:
             while True:
                 async with engine.connect() as db:
-                    raw = (await db.exec_driver_sql(self.query.replace("%", "%%")
-                                                    if conn.conn_type != "sqlite" else self.query)).scalar()
+                    raw = (await db.exec_driver_sql(query)).scalar()
                 value = float(raw)
                 if value <= self.max_value:
                     yield TriggerEvent({"rule": self.rule_name, "value": value,
