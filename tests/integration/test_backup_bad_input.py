@@ -215,7 +215,7 @@ def test_snapshot_of_a_table_written_meanwhile_fails_and_is_removed(snapshot_tar
     assert t.scalar("SELECT theme FROM users WHERE id = 2") == "concurrent"
 
     # the run is not stuck with its failed backup: the next attempt makes a new one
-    monkeypatch.setattr(strategies, "_locked", real_locked)
+    monkeypatch.setattr(snapshot, "locked", real_locked)
     again = t.backup(UPDATE_USERS)
     assert again.status == "verified" and again.id != row.id
     assert {b.status for b in t.catalog()} == {"failed", "verified"}
