@@ -165,25 +165,33 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message} (got {shown})"
 
 
+def _yaml_problem(path: str, exc: yaml.YAMLError) -> PlanProblem:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return PlanProblem(path, line, col, f"malformed YAML: {exc.problem or exc}")
+    return PlanProblem(path, 1, 1, f"malformed YAML: {exc}")
+
+
 def _compose(text: str, path: str) -> yaml.Node:
     """The text's node tree (safe: core schema only), or PlanError for YAML that does not parse.
 
     Malformed YAML is parsed again by the pure-Python parser, whose messages and positions are the ones
-    users (and the tests) know; libyaml words a few of them differently.
+    users (and the tests) know; libyaml words a few of them differently. libyaml's error stands where the
+    pure-Python parser has none (e.g. nesting deeper than libyaml's limit of 1000 levels).
     """
     try:
         root = yaml.compose(text, Loader=FAST_LOADER)
-    except yaml.YAMLError:
-        root = None
-        try:
-            yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            raise PlanError([PlanProblem(path, line, col, f"malformed YAML: {exc.problem or exc}")]) from None
-        except yaml.YAMLError as exc:
-            raise PlanError([PlanProblem(path, 1, 1, f"malformed YAML: {exc}")]) from None
-        raise PlanError([PlanProblem(path, 1, 1, "malformed YAML (libyaml rejects it)")]) from None
+    except yaml.YAMLError as fast_error:
+        error = fast_error
+        if FAST_LOADER is not yaml.SafeLoader:
+            try:
+                yaml.compose(text, Loader=yaml.SafeLoader)
+            except yaml.YAMLError as exc:
+                error = exc
+            except RecursionError:
+                pass
+        raise PlanError([_yaml_problem(path, error)]) from None
     if root is None:
         raise PlanError([PlanProblem(path, 1, 1, "the plan file is empty")])
     return root
@@ -210,7 +218,10 @@ def _gc_paused() -> Iterator[None]:
 def parse_plan(text: str, path: str = "<plan>") -> Plan:
     """Parse and validate plan YAML text; raise PlanError listing every problem found."""
     with _gc_paused():
-        return _parse(text, path)
+        try:
+            return _parse(text, path)
+        except RecursionError:  # deeper than Python's recursion limit, in our checks or in pydantic's
+            raise PlanError([PlanProblem(path, 1, 1, "the YAML is nested too deeply for a plan")]) from None
 
 
 def _parse(text: str, path: str) -> Plan:
