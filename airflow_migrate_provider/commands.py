@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airflow_migrate_provider.core.dialects import dialect_named
 from airflow_migrate_provider.errors import (
     BackupFailed,
     ConnectionUnavailable,
@@ -30,7 +29,6 @@ from airflow_migrate_provider.plan.model import Plan
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-URI_SCHEME_DIALECTS = {"postgresql": "postgresql", "postgres": "postgresql", "sqlite": "sqlite"}
 
 
 def validate(paths: list[str | Path]) -> list[PlanProblem]:
@@ -62,41 +60,25 @@ def check_connections_given(plan: Plan, connections: dict[str, str]) -> None:
 
 
 def render(path: str | Path, dialect: str | None = None, connections: dict[str, str] | None = None) -> str:
-    """The task graph by TaskGroup and the SQL each task will run, from the DAG the plan builds.
+    """The task graph by TaskGroup and the SQL each task will run: a dry run that needs neither Airflow nor a
+    database (``core.task_graph``, the same graph the DAG is built from).
 
     The dialect (how statements split, whether steps are transactional) comes from ``dialect``, else from
     the scheme of the target's URI in ``connections``, else PostgreSQL.
     """
-    from airflow_migrate_provider.dag_builder import build_dag
-    from airflow_migrate_provider.operators.base import MigrationOperator
+    from airflow_migrate_provider.core.dialects import dialect_name_of_uri
+    from airflow_migrate_provider.core.task_graph import build_task_graph
 
     plan = load_plan(path)
     target_uri = (connections or {}).get(plan.connections.target, "")
-    dialect = dialect or URI_SCHEME_DIALECTS.get(target_uri.split(":", 1)[0].split("+", 1)[0], "postgresql")
-    dialect_named(dialect)  # an unknown dialect is an error before anything else
-    dag = build_dag(plan)
-    lines = [f"DAG {dag.dag_id}: {len(dag.tasks)} tasks, dialect {dialect}",
+    dialect = dialect or dialect_name_of_uri(target_uri, "connections.target", plan.connections.target)
+    graph = build_task_graph(plan, dialect)  # an unknown dialect is an error before anything else
+    lines = [f"DAG {plan.id}: {len(graph.tasks)} tasks, dialect {dialect}",
              f"connections: target={plan.connections.target}"
              + (f" source={plan.connections.source}" if plan.connections.source else "")]
     for conn_id, uri in sorted((connections or {}).items()):
         lines.append(f"  {conn_id} = {mask_uri(uri)}")
-    current_group = None
-    for task in dag.topological_sort():
-        group = task.task_id.split(".", 1)[0] if "." in task.task_id else None
-        if group != current_group:
-            lines.append("")
-            lines.append(f"[{group}]" if group else "[outcome]")
-            current_group = group
-        kind = " (teardown)" if task.is_teardown else ""
-        rule = getattr(task.trigger_rule, "value", task.trigger_rule)
-        mapped = task.operator_class if hasattr(task, "partial_kwargs") else None  # mapped: one per chunk
-        name = f"{mapped.__name__}, mapped" if mapped is not None else type(task).__name__
-        lines.append(f"  {task.task_id}  <{name}>{kind} trigger_rule={rule}")
-        if mapped is not None and issubclass(mapped, MigrationOperator):
-            task = mapped(task_id=task.task_id.rsplit(".", 1)[-1], **task.partial_kwargs)
-        if isinstance(task, MigrationOperator):
-            lines += [f"      {line}" for line in task.describe(dialect)]
-    return "\n".join(lines)
+    return "\n".join(lines + graph.render(dialect))
 
 
 @dataclass

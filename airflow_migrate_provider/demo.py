@@ -9,8 +9,6 @@ from pathlib import Path
 DEMO_CONN_ID = "app_db"
 THEMES = ("light", "dark", "solarized", None)
 EXAMPLES = ("add_user_preferences", "backfill_users")
-# an expression that raises for one row ("integer overflow"): a backfill chunk fails on bad data
-_FAILING_NAME = "CASE WHEN id = 1 THEN CAST(abs(-9223372036854775807 - 1) AS TEXT) ELSE name END"
 
 
 def example_plan_path(name: str = "add_user_preferences.yaml") -> Path:
@@ -37,20 +35,21 @@ def seed_demo_database(path: Path, users: int = 1000) -> None:
 
 
 def plan_failing_at(plan_path: Path, step_id: str, workdir: Path) -> Path:
-    """A copy of a plan whose step ``step_id`` fails (to show the rollback): a schema step's verification
-    returns false; a backfill step meets a row its transform cannot convert."""
+    """A copy of a plan whose step ``step_id`` fails (to show the rollback), patched as the example's
+    ``<plan>.failures.yaml`` says (keys merged into the step)."""
     import yaml
 
     from airflow_migrate_provider.errors import MigrateError
 
     data = yaml.safe_load(plan_path.read_text(encoding="utf-8"))
+    failures = yaml.safe_load(plan_path.with_suffix(".failures.yaml").read_text(encoding="utf-8"))
     steps = {step["id"]: step for step in data["steps"]}
-    if step_id not in steps:
-        raise MigrateError(f"--fail-at: the demo plan has no step '{step_id}' (steps: {', '.join(steps)})")
-    if steps[step_id].get("kind") == "backfill":
-        steps[step_id].setdefault("columns", {})["name"] = _FAILING_NAME
-    else:
-        steps[step_id]["verify"] = ["SELECT 0 AS injected_failure"]
+    if step_id not in steps or step_id not in failures:
+        raise MigrateError(f"--fail-at: the demo plan has no step '{step_id}' that can be made to fail (steps: "
+                           f"{', '.join(s for s in steps if s in failures)})")
+    for key, value in failures[step_id].items():
+        current = steps[step_id].get(key)
+        steps[step_id][key] = {**current, **value} if isinstance(current, dict) else value
     failing = workdir / f"{plan_path.stem}.fail_at_{step_id}.yaml"
     failing.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return failing

@@ -228,6 +228,11 @@ class TransientConnectionUnavailable(ConnectionUnavailable, TransientError):
     """A database named by the plan cannot be reached now; retrying may succeed."""
 
 
+class UnknownStepKind(MigrateError):
+    """A step or a ledger row names a step kind nothing registered (a row written by a newer provider version,
+    or a plug-in kind that is not installed here)."""
+
+
 class UnsupportedDatabase(MigrateError):
     """A connection named by the plan is a kind of database the provider has no dialect for (e.g. mssql). The
     message starts with the plan field, names the connection and lists the supported databases."""

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_migrate_provider.core.actions import ActionPlan
 from airflow_migrate_provider.errors import LockHeld, LockLost
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class HistoryRow:
     action: str
     status: str
     checksum: str
-    actions: dict[str, Any]
+    actions: ActionPlan  # what the step ran and what undoes it, as recorded at the time
     progress: int
     started_at: datetime
     finished_at: datetime | None
@@ -177,7 +178,7 @@ class HistoryRow:
         m = row._mapping
         return cls(
             id=m["id"], plan_id=m["plan_id"], step_id=m["step_id"], action=m["action"], status=m["status"],
-            checksum=m["checksum"], actions=json.loads(m["sql"]), progress=m["progress"] or 0,
+            checksum=m["checksum"], actions=ActionPlan.from_json(json.loads(m["sql"])), progress=m["progress"] or 0,
             started_at=as_utc(m["started_at"]),
             finished_at=as_utc(m["finished_at"]) if m["finished_at"] else None,
             duration_s=m["duration_s"], dag_id=m["dag_id"], run_id=m["run_id"], try_number=m["try_number"],
@@ -222,7 +223,7 @@ class Ledger:
                     raise
 
     # -- history --------------------------------------------------------------------------------
-    def start(self, step_id: str, action: str, checksum: str, actions: dict[str, Any],
+    def start(self, step_id: str, action: str, checksum: str, actions: ActionPlan | dict[str, Any],
               who: RunIdentity, conn: Connection | None = None) -> tuple[int, datetime]:
         """Record that an apply/revert began, in its own committed transaction (or in ``conn``'s):
         (row id, start time)."""
@@ -230,9 +231,10 @@ class Ledger:
             with self.engine.begin() as own:
                 return self.start(step_id, action, checksum, actions, who, conn=own)
         started = utcnow()
+        recorded = actions.to_json() if isinstance(actions, ActionPlan) else actions
         result = conn.execute(insert(history).values(
             plan_id=self.plan_id, step_id=step_id, action=action, status="running", checksum=checksum,
-            sql=json.dumps(actions), progress=0, started_at=started, dag_id=who.dag_id,
+            sql=json.dumps(recorded), progress=0, started_at=started, dag_id=who.dag_id,
             run_id=who.run_id, try_number=who.try_number,
         ))
         return int(result.inserted_primary_key[0]), started

@@ -9,10 +9,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from airflow_migrate_provider.core.context import RunContext
+from airflow_migrate_provider.core.kinds import kind_of
 from airflow_migrate_provider.core.ledger import Lease, Ledger, RunIdentity
-from airflow_migrate_provider.core.steps import step_checksum
 from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed, db_error_line
-from airflow_migrate_provider.plan.model import READ_ONLY_KINDS, Plan, SchemaStep
+from airflow_migrate_provider.plan.model import Plan
 
 log = logging.getLogger(__name__)
 
@@ -37,44 +38,37 @@ def check_reachable(engine: Engine, role: str, conn_id: str) -> None:
 
 
 def plan_checklist(plan: Plan) -> list[str]:
-    """Checklist failures visible in the plan itself (the model enforces most; this double-checks)."""
-    failures = []
-    for step in plan.steps:
-        if not isinstance(step, SchemaStep):
-            continue  # other kinds are checked against the real tables when they start
-        if not step.irreversible and not step.down:
-            failures.append(f"step '{step.id}' is reversible but has no down SQL")
-        if not step.verify:
-            failures.append(f"step '{step.id}' has no verify query")
-    return failures
+    """Checklist failures visible in the plan itself (the model enforces most; each kind double-checks)."""
+    return [failure for step in plan.steps for failure in kind_of(step).checklist(step)]
 
 
 def ledger_consistency(plan: Plan, ledger: Ledger) -> list[str]:
-    """Applied steps whose SQL was edited in the plan afterwards."""
+    """Applied steps whose declaration was edited in the plan afterwards (read-only kinds may be edited)."""
     failures = []
     applied = ledger.applied()
     for step in plan.steps:
-        row = applied.get(step.id)
-        if step.kind in READ_ONLY_KINDS:
-            continue  # a verification may be edited and re-run at will
-        if row is not None and row.checksum != step_checksum(step):
+        row, kind = applied.get(step.id), kind_of(step)
+        if row is None or kind.read_only:
+            continue
+        checksum = kind.checksum(step)
+        if row.checksum != checksum:
             failures.append(
                 f"step '{step.id}' was applied by {row.by} but its SQL has been edited since (checksum "
-                f"{row.checksum[:12]} in the ledger, {step_checksum(step)[:12]} in the plan): restore the "
+                f"{row.checksum[:12]} in the ledger, {checksum[:12]} in the plan): restore the "
                 f"original SQL and add a new step, or revert it first"
             )
     return failures
 
 
 def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
-                  source: Engine | None = None) -> PreflightReport:
+                  source: Engine | None = None, target_conn_id: str | None = None) -> PreflightReport:
     """Check everything that can be checked before the first change; take the run lock.
 
     Raises ConnectionUnavailable or LockHeld at once (nothing else is meaningful then), otherwise
     PreflightFailed listing every checklist item that does not hold.
     """
     report = PreflightReport()
-    check_reachable(target, "target", plan.connections.target)
+    check_reachable(target, "target", target_conn_id or plan.connections.target)
     if source is not None and plan.connections.separate_source:
         check_reachable(source, "source", plan.connections.separate_source)
     report.passed.append("connections reachable")
@@ -99,3 +93,13 @@ def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
     for item in report.passed:
         log.info("preflight ok: %s", item)
     return report
+
+
+def before_run(plan: Plan, ctx: RunContext) -> list[str]:
+    """Each step kind's preflight hook (a health gate's baseline, say), once the lock is held: what was done."""
+    done = []
+    for step in plan.steps:
+        item = kind_of(step).before_run(ctx, step)
+        if item is not None and item not in done:
+            done.append(item)
+    return done

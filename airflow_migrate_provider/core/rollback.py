@@ -8,11 +8,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from airflow_migrate_provider.core.backfill.state import Checkpoints
 from airflow_migrate_provider.core.backup.catalog import Backup
 from airflow_migrate_provider.core.backup.restore import TableState, compare_backup, restore_backup
+from airflow_migrate_provider.core.kinds import kind_named
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
-from airflow_migrate_provider.core.steps import StepResult, StepRunner
+from airflow_migrate_provider.core.step_result import StepResult
+from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.core.summary import format_table
 from airflow_migrate_provider.errors import MigrateError, RestoreFailed, RevertFailed
 
@@ -69,7 +70,7 @@ def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: B
     log.info("rollback stack for %s: %s", who.run_key, [r.step_id for r in stack] or "empty")
     unreverted: list[HistoryRow] = []
     for position, row in enumerate(stack):
-        if row.actions.get("irreversible"):
+        if row.actions.irreversible:
             report.stopped_at = row.step_id
             report.left_applied = [r.step_id for r in stack[position:]]
             log.warning("step '%s' is irreversible (a point of no return): automatic rollback stops here; "
@@ -79,7 +80,7 @@ def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: B
             report.reverted.append(runner.revert(row))
         except MigrateError as exc:
             remaining = stack[position:]
-            past_no_return = [r.step_id for r in remaining if r.actions.get("irreversible")]
+            past_no_return = [r.step_id for r in remaining if r.actions.irreversible]
             if backup is None or past_no_return:
                 why = ("no backup to restore from" if backup is None else
                        f"a restore would undo the irreversible step(s) {past_no_return}")
@@ -133,10 +134,9 @@ def _back_to_backup(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup
 
 
 def _record_restored(ledger: Ledger, runner: StepRunner, who: RunIdentity, row: HistoryRow, backup: Backup) -> None:
-    """The step's tables are back to the backup: record it reverted (a backfill's checkpoints reset)."""
+    """The step's tables are back to the backup: record it reverted (its kind resets its own state)."""
     row_id, started = ledger.start(row.step_id, "revert", row.checksum, row.actions, who)
     with runner.engine.begin() as conn:
-        if row.actions.get("kind") == "backfill":
-            Checkpoints(ledger.plan_id, row.step_id).clear(conn)
+        kind_named(row.actions.kind).after_restore(conn, ledger, row.step_id)
         note = f"restored the tables from backup {backup.id}; every table equals its manifest"
         ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps([note]), conn=conn)

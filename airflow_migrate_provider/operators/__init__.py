@@ -10,7 +10,13 @@ from airflow_migrate_provider.operators.rollback import RollbackOperator
 from airflow_migrate_provider.operators.verify import VerifyOperator
 from airflow_migrate_provider.operators.verify_steps import VerifyStepsOperator
 
+OPERATORS: dict[str, type] = {operator.__name__: operator for operator in (
+    ApplyStepOperator, BackfillOperator, BackupOperator, HealthGateOperator, MigrationOutcomeOperator,
+    PreflightOperator, RollbackOperator, VerifyOperator, VerifyStepsOperator)}
+"""The operators a task graph names, by class name (``core.task_graph.GraphTask.operator``)."""
+
 __all__ = [
+    "OPERATORS",
     "ApplyStepOperator",
     "BackfillOperator",
     "BackupOperator",

@@ -7,7 +7,6 @@ from airflow.sdk import Context
 
 from airflow_migrate_provider.core.backfill.throttle import ThrottleDeferral
 from airflow_migrate_provider.operators.base import MigrationOperator
-from airflow_migrate_provider.plan.model import BackfillStep
 
 Phase = Literal["start", "chunk", "recent", "final"]
 
@@ -33,17 +32,11 @@ class BackfillOperator(MigrationOperator):
         super().__init__(**kwargs)
         self.step_id, self.phase, self.chunk = step_id, phase, chunk
 
-    @property
-    def step(self) -> BackfillStep:
-        step = self.plan.step(self.step_id)
-        assert isinstance(step, BackfillStep)
-        return step
-
     def run_migration(self, context: Context) -> Any:
-        step = self.step
-        with self.runner(context) as runner:
+        step = self.plan.step(self.step_id)
+        with self.runner(context, can_defer=True) as runner:
             runner.apply_before(self.plan, step.id)
-            backfill = runner.backfill(step, can_defer=True)
+            backfill = runner.backfill(step)
             try:
                 if self.phase == "start":
                     return backfill.start()
@@ -59,7 +52,8 @@ class BackfillOperator(MigrationOperator):
         from airflow_migrate_provider.triggers.throttle import ThrottleTrigger
 
         rule = pause.rule
-        conn_id = self.plan.connections.source_or_target if rule.database == "source" else self.plan.connections.target
+        conn_id = self.plan.connections.source or self.target_conn_id if rule.database == "source" \
+            else self.target_conn_id
         self.log.warning("%s; freeing the worker slot until it is back under %g", pause, rule.max)
         remaining = max(1.0, rule.give_up_after_seconds - pause.paused_s)
         self.defer(
@@ -72,28 +66,3 @@ class BackfillOperator(MigrationOperator):
     def resume_after_throttle(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         self.log.info("throttle cleared (%s); resuming from the last checkpoint", event)
         return self.execute(context)
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        step = self.step
-        source = step.source.table or "(query)"
-        return {
-            "start": [f"checks {source} → {step.target} (columns, types, unique key, empty target); takes the "
-                      f"high-water mark of key {', '.join(step.key)}; splits phase 1 into {step.chunks} chunk(s)"],
-            "chunk": [f"copies one key range of {source} into {step.target}, a checkpoint per batch (mapped: one "
-                      f"task per chunk); each batch reads:", f"  {_batch_select(step)}"],
-            "recent": ["copies rows inserted above the high-water mark"
-                       + (f" or with {step.watermark} at/after the cutoff" if step.watermark else "")],
-            "final": [f"locks {', '.join(step.source.lock_tables or [source])} against writes (max "
-                      f"{step.max_lock_seconds:g} s), copies the last delta, compares row counts"
-                      if step.phases.final_sync else "compares row counts up to the last high-water mark"],
-        }[self.phase]
-
-
-def _batch_select(step: BackfillStep) -> str:
-    """The shape of one phase-1 batch's source query, from the plan alone (no database needed)."""
-    items = [f"{' '.join(expr.split())} AS {name}" for name, expr in step.columns.items()]
-    items.append("<every other column of " + step.target + ", by name>")
-    source = step.source.table or f"({' '.join((step.source.query or '').split())}) AS src"
-    key = step.key[0] if len(step.key) == 1 else f"({', '.join(step.key)})"
-    where = [f"{key} > :last_key", f"{key} <= :batch_end"] + ([f"({step.source.filter})"] if step.source.filter else [])
-    return f"SELECT {', '.join(items)} FROM {source} WHERE {' AND '.join(where)}"

@@ -4,7 +4,7 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from airflow_migrate_provider.core.backup.make import backup_tables, make_backup
+from airflow_migrate_provider.core.backup.make import make_backup
 from airflow_migrate_provider.core.backup.retention import prune_backups
 from airflow_migrate_provider.core.backup.strategies import human_size
 from airflow_migrate_provider.errors import MigrateError
@@ -29,15 +29,3 @@ class BackupOperator(MigrationOperator):
         rows = sum(t.rows for t in backup.tables)
         return {"backup_id": backup.id, "strategy": backup.strategy, "tables": [t.table for t in backup.tables],
                 "rows": rows, "size": human_size(backup.size_bytes), "location": backup.location}
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        spec = self.plan.backup
-        assert spec is not None
-        try:
-            tables = ", ".join(backup_tables(self.plan, dialect)) or "none"
-        except MigrateError as exc:
-            tables = f"cannot tell: {exc}"
-        return [f"{spec.strategy} backup of: {tables}" + (" (writes blocked while copying)" if spec.lock_writes
-                                                          else ""),
-                "verifies row counts and checksums of the copy against the live tables, records the manifest; "
-                + ("steps that change data refuse to run without it" if spec.required else "optional")]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -13,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from airflow_migrate_provider.core.context import RunContext
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.lock_keeper import LockKeeper
@@ -24,6 +28,15 @@ from airflow_migrate_provider.masking import mask_text
 from airflow_migrate_provider.plan.model import Plan
 
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
+REPORTS_ENV = "AIRFLOW_MIGRATE_REPORTS"
+
+
+def report_dir(dag_id: str, run_id: str) -> Path:
+    """Where a run's verification reports go: ``$AIRFLOW_MIGRATE_REPORTS`` (else ``$AIRFLOW_HOME/
+    migration_reports``) / dag / run."""
+    base = os.environ.get(REPORTS_ENV) or str(Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
+                                              / "migration_reports")
+    return Path(base) / dag_id / re.sub(r"[^A-Za-z0-9_.+-]", "_", run_id)
 
 
 def airflow_error(exc: MigrateError | SQLAlchemyError) -> AirflowException:
@@ -49,9 +62,10 @@ class MigrationOperator(BaseOperator):
     ui_color = "#e8f0fe"
     changes_data = False  # True: refuses to run without the run's verified backup when the plan requires one
 
-    def __init__(self, *, plan: dict[str, Any], **kwargs: Any):
+    def __init__(self, *, plan: dict[str, Any], target_conn_id: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.plan_data = plan
+        self.target_conn_id = target_conn_id or plan["connections"]["target"]
 
     @property
     def plan(self) -> Plan:
@@ -65,7 +79,8 @@ class MigrationOperator(BaseOperator):
         return RunIdentity(ti.dag_id, ti.run_id, int(ti.try_number or 1), socket.gethostname(), os.getpid())
 
     def open_target(self) -> tuple[Engine, Dialect]:
-        return MigrationHook(self.plan.connections.target).get_engine_and_dialect()
+        """The engine and dialect of the target this task acts on (its ``target_conn_id``)."""
+        return MigrationHook(self.target_conn_id).get_engine_and_dialect()
 
     def open_source(self) -> Engine | None:
         """The source database's engine, or None when the plan's source is its target."""
@@ -73,8 +88,9 @@ class MigrationOperator(BaseOperator):
         return MigrationHook(conn_id).get_engine() if conn_id else None
 
     @contextmanager
-    def runner(self, context: Context) -> Iterator[StepRunner]:
-        """A step runner holding this run's lock, renewed in the background while the task works."""
+    def run_context(self, context: Context, **options: Any) -> Iterator[RunContext]:
+        """This task's run context on its target, holding the run's lock, renewed in the background while
+        the task works."""
         plan, who = self.plan, self.who(context)
         engine, dialect = self.open_target()
         source = None
@@ -87,11 +103,18 @@ class MigrationOperator(BaseOperator):
             with LockKeeper(ledger, lease, plan.lock_ttl_seconds) as keeper:
                 if self.changes_data:
                     self.require_backup(engine, who)
-                yield StepRunner(engine, dialect, ledger, who, keeper, plan=plan, source=source)
+                yield RunContext(engine, dialect, ledger, who, keeper, plan, source, self.target_conn_id,
+                                 report_dir=report_dir(who.dag_id, who.run_id), **options)
         finally:
             engine.dispose()
             if source is not None:
                 source.dispose()
+
+    @contextmanager
+    def runner(self, context: Context, **options: Any) -> Iterator[StepRunner]:
+        """A step runner in this task's run context (see :meth:`run_context`)."""
+        with self.run_context(context, **options) as ctx:
+            yield StepRunner.of(ctx)
 
     def require_backup(self, engine: Engine, who: RunIdentity) -> None:
         """Never change data without this run's verified backup when the plan requires one."""
@@ -130,12 +153,9 @@ class MigrationOperator(BaseOperator):
         except (MigrateError, SQLAlchemyError) as exc:  # ControlFlow (a deferral) is neither: it passes through
             raise airflow_error(exc) from exc
 
+    @abstractmethod
     def run_migration(self, context: Context) -> Any:
-        raise NotImplementedError
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        """What this task will do on ``dialect``, as lines for ``airflow-migrate render``."""
-        return []
+        """The task's work, in core calls; errors are translated by :meth:`execute`."""
 
     def watched_states(self, context: Context, task_ids: list[str]) -> dict[str, str]:
         """State per task id in this run; a mapped task (reported per map index as ``<task_id>_<n>``) gets

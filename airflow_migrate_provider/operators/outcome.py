@@ -61,6 +61,3 @@ class MigrationOutcomeOperator(MigrationOperator):
             raise ConnectionUnavailable(f"target database error: {exc.__class__.__name__}") from exc
         finally:
             engine.dispose()
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        return ["always runs last: summary table, releases the run lock, fails the run if any phase failed"]

@@ -8,8 +8,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_migrate_provider.core.rollback import rollback_run
-from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
-from airflow_migrate_provider.operators.verify import report_dir
+from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator, report_dir
 
 
 class RollbackOperator(MigrationOperator):
@@ -49,11 +48,3 @@ class RollbackOperator(MigrationOperator):
         path.write_text(json.dumps({**summary, "tables": [asdict(t) for t in report.tables]}, indent=2))
         self.log.info("rollback report: %s", path)
         return summary
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        return ["teardown: runs only when a phase failed; reverts, newest first, exactly the steps this run "
-                "applied (from the ledger), each with the down SQL recorded when it was applied, then its "
-                "verify_down; stops at an irreversible step"] + (
-            ["then compares every backed-up table with the backup (rows, checksum, definition) and restores "
-            "the ones that differ (or all, if a revert failed); reports table by table"]
-            if self.plan.backup else [])

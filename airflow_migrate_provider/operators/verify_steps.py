@@ -4,9 +4,9 @@ from typing import Any
 
 from airflow.sdk import Context
 
+from airflow_migrate_provider.core.kinds import kind_of
 from airflow_migrate_provider.errors import VerificationFailed
 from airflow_migrate_provider.operators.base import MigrationOperator
-from airflow_migrate_provider.plan.model import READ_ONLY_KINDS
 
 
 class VerifyStepsOperator(MigrationOperator):
@@ -27,16 +27,10 @@ class VerifyStepsOperator(MigrationOperator):
         steps = self._steps()
         with self.runner(context) as runner:
             applied = runner.ledger.applied()
-            missing = [s.id for s in steps if s.id not in applied and s.kind not in READ_ONLY_KINDS]
+            missing = [s.id for s in steps if s.id not in applied and not kind_of(s).read_only]
             if missing:
                 raise VerificationFailed(missing[0], "(ledger)", f"steps not applied in the target: {missing}")
             results = [runner.verify(step) for step in steps]
         total = sum(len(r.verified) for r in results)
         self.log.info("verification passed: %d queries over %d steps", total, len(results))
         return {"steps": len(results), "queries_passed": total}
-
-    def describe(self, dialect: str = "postgresql") -> list[str]:
-        if self.before_step is not None:
-            return [f"gate before the irreversible step '{self.before_step}': re-runs the verify queries of the "
-                    f"{len(self._steps())} step(s) before it (read-only)"]
-        return [f"re-runs the verify queries of all {len(self.plan.steps)} steps (read-only)"]

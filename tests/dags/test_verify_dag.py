@@ -146,17 +146,17 @@ def test_healthy_application_passes_the_gate(pg_database, legacy_pg, run_plan):
 
 def test_error_rate_over_one_percent_fails_the_gate_and_rolls_back(pg_database, legacy_pg, run_plan, caplog,
                                                                     capfd, monkeypatch):
-    import airflow_migrate_provider.operators.preflight as preflight
+    import airflow_migrate_provider.core.verify.gate as gate_module
 
     values = {"error_rate": 0.001, "latency_p95": 120}
-    real_capture = preflight.capture_baselines
+    real_capture = gate_module.capture_baseline
 
     def capture_then_degrade(*args, **kwargs):
         captured = real_capture(*args, **kwargs)  # the baseline is taken healthy, before anything changes
         values["error_rate"] = 0.05  # then the migration "breaks" the application
         return captured
 
-    monkeypatch.setattr(preflight, "capture_baselines", capture_then_degrade)
+    monkeypatch.setattr(gate_module, "capture_baseline", capture_then_degrade)
     with metrics_server(values) as url:
         dag_run = run_plan(plan_with("gate_breach", gate(url)), pg_database)
 

@@ -56,7 +56,7 @@ def test_revert_uses_down_sql_recorded_at_apply_time(engine):
     assert [r.step_id for r in report.reverted] == ["add_notes"]
     revert = ledger.rows()[-1]
     assert (revert.action, revert.status) == ("revert", "reverted")
-    assert revert.actions["down"] == ["DROP TABLE notes"]
+    assert revert.actions.statements("undo") == ["DROP TABLE notes"]
     assert revert.checksum == step_checksum(original.steps[0])
     assert fingerprint(engine) == before
 

@@ -57,7 +57,7 @@ def test_apply_verify_then_rollback_restores_start(engine, database):
         assert row.duration_s is not None and row.duration_s >= 0
         assert json.loads(row.verified) == [v.strip() for v in step.verify]
         assert row.error is None
-        assert row.actions["up"] and row.actions["transactional"] is True
+        assert row.actions.statements("do") and row.actions.transactional is True
     assert set(ledger.applied()) == set(STEP_IDS)
 
     # re-applying is a no-op that writes nothing
@@ -204,7 +204,7 @@ def test_non_transactional_step_commits_per_statement_and_resumes(engine):
     assert {"nt_first", "nt_second"} <= table_names(engine)  # statements 1-2 committed
     (row,) = ledger.rows()
     assert (row.status, row.progress) == ("failed", 2)
-    assert row.actions["transactional"] is False
+    assert row.actions.transactional is False
     assert ledger.applied()["three_statements"].id == row.id  # counts as partly applied
     assert [r.step_id for r in ledger.applied_by_run(me)] == ["three_statements"]
 

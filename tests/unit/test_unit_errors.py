@@ -51,6 +51,7 @@ RETRY: dict[str, bool] = {
     "PreflightFailed": False,
     "ConnectionUnavailable": False,
     "TransientConnectionUnavailable": True,
+    "UnknownStepKind": False,  # the kind's code is missing here: install or upgrade the provider first
     "UnsupportedDatabase": False,  # no dialect for that database: a retry cannot add one
     "BackfillSpecError": False,
     "BackfillFailed": False,

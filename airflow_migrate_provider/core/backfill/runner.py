@@ -25,27 +25,22 @@ from functools import cached_property
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_migrate_provider.core.backfill.actions import backfill_actions, backfill_checksum
 from airflow_migrate_provider.core.backfill.copier import BatchCopier, DeltaBounds, Key
 from airflow_migrate_provider.core.backfill.progress import Progress
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec, resolve_spec
 from airflow_migrate_provider.core.backfill.state import Checkpoints, Chunk, PhaseState
 from airflow_migrate_provider.core.backfill.throttle import Throttle
 from airflow_migrate_provider.core.dialects import dialect_for
-from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity, checkpoints
-from airflow_migrate_provider.core.steps import LockCheck, StepResult, backfill_checksum
+from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
+from airflow_migrate_provider.core.step_result import LockCheck, NoLockCheck, StepResult
 from airflow_migrate_provider.errors import BackfillFailed, BackfillSpecError, ChecksumMismatch, db_error_line
 from airflow_migrate_provider.plan.model import BackfillStep
 
 log = logging.getLogger(__name__)
 _MIN_BATCH_ROWS = 1_000
-
-
-class _NoLock:
-    def check(self) -> None:
-        return None
 
 
 @dataclass
@@ -87,7 +82,7 @@ class BackfillRunner:
                  can_defer: bool = False):
         self.plan_id, self.step = plan_id, step
         self.source, self.target, self.ledger, self.who = source, target, ledger, who
-        self.lock: LockCheck = lock or _NoLock()
+        self.lock: LockCheck = lock or NoLockCheck()
         self.checkpoints = Checkpoints(plan_id, step.id)
         self.where = f"backfill step '{step.id}'"
         self.source_dialect = dialect_for(source)
@@ -109,7 +104,7 @@ class BackfillRunner:
     def _shares_connection(self) -> bool:
         """One SQLite file as source and target: read and write through one connection (SQLite has one
         writer, so a second connection's write would wait on our own read transaction)."""
-        return self.spec.same_database and self.spec.tgt.dialect_name == "sqlite"
+        return self.spec.same_database and self.spec.tgt.single_writer
 
     @contextmanager
     def _source_conn(self) -> Iterator[Connection | None]:
@@ -121,11 +116,6 @@ class BackfillRunner:
 
     def _history(self) -> HistoryRow | None:
         return self.ledger.applied().get(self.step.id)
-
-    def _actions(self) -> dict[str, Any]:
-        return {"kind": "backfill", "target": self.step.target, "key": list(self.step.key),
-                "transactional": False, "irreversible": False, "up": self.spec.describe(), "down": [
-                    f"DELETE FROM {self.spec.target_table}  -- the table was empty when the backfill began"]}
 
     def _scalar(self, engine: Engine, sql: str, params: dict[str, Any] | None = None) -> Any:
         with engine.connect() as conn:
@@ -199,7 +189,8 @@ class BackfillRunner:
         phase = PhaseState(high_water=high_water, cutoff=cutoff)
         try:
             with self.target.begin() as conn:
-                row_id, _ = self.ledger.start(self.step.id, "apply", checksum, self._actions(), self.who, conn=conn)
+                row_id, _ = self.ledger.start(self.step.id, "apply", checksum, backfill_actions(self.step), self.who,
+                                              conn=conn)
                 self.ledger.record_progress(row_id, 1, conn=conn)  # data may now change: it counts as applied
                 self.checkpoints.create(conn, phase, chunks, self.who.run_id)
         except sa_exc.IntegrityError:  # a parallel task started it a moment ago
@@ -404,33 +395,32 @@ class BackfillRunner:
         limit = max(_MIN_BATCH_ROWS, step.batch.rows)
         lock_engine = self.target if self._shares_connection else self.source
         t0 = time.monotonic()
-        with lock_engine.connect() as lconn, self.source_dialect.lock_wait(lconn, step.max_lock_seconds):
-            try:
-                transaction = lconn.begin()
-                self.source_dialect.lock_against_writes(lconn, spec.lock_tables, step.max_lock_seconds)
-            except sa_exc.SQLAlchemyError as exc:
-                raise BackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
-                                     f"{step.max_lock_seconds:g} s: {db_error_line(exc)}", transient=True) from exc
+
+        def could_not_lock(exc: Exception) -> BaseException:
+            return BackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
+                                  f"{step.max_lock_seconds:g} s: {db_error_line(exc)}", transient=True)
+
+        with self.source_dialect.write_lock(lock_engine, spec.lock_names, step.max_lock_seconds,
+                                            failed=could_not_lock) as lconn:
             locked_at = time.monotonic()
-            with transaction:
-                log.info("%s: locked %s against writes", label, ", ".join(spec.lock_tables))
-                after: Key | None = None
-                while True:
-                    held = time.monotonic() - locked_at
-                    if held > step.max_lock_seconds:
-                        raise BackfillFailed(
-                            f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
-                            f"{step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
-                            f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
-                    source = None if self._shares_connection else lconn
-                    rows, last = self._guarded(lambda s=source, a=after: self._delta_batch(s, lconn, delta, a, limit))
-                    report.rows += rows
-                    report.batches += 1 if rows else 0
-                    if rows < limit:
-                        break
-                    after = last
-                source_count = self._count_source(lconn)
-                target_count = self._count_target(lconn if self._shares_connection else None)
+            log.info("%s: locked %s against writes", label, ", ".join(spec.lock_tables))
+            after: Key | None = None
+            while True:
+                held = time.monotonic() - locked_at
+                if held > step.max_lock_seconds:
+                    raise BackfillFailed(
+                        f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
+                        f"{step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
+                        f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
+                source = None if self._shares_connection else lconn
+                rows, last = self._guarded(lambda s=source, a=after: self._delta_batch(s, lconn, delta, a, limit))
+                report.rows += rows
+                report.batches += 1 if rows else 0
+                if rows < limit:
+                    break
+                after = last
+            source_count = self._count_source(lconn)
+            target_count = self._count_target(lconn if self._shares_connection else None)
         held = time.monotonic() - locked_at
         report.seconds = time.monotonic() - t0
         report.detail.update(lock_seconds=round(held, 3), source_rows=source_count, target_rows=target_count)
@@ -497,32 +487,6 @@ class BackfillRunner:
         upper = (phase.recent or {}).get("high_water") or phase.high_water
         report = self._closing_count(upper)
         return StepResult(self.step.id, "verified", time.monotonic() - t0, 0, [report.detail["verified"]])
-
-    # -- rollback -----------------------------------------------------------------------------------
-    def revert(self, applied: HistoryRow) -> StepResult:
-        """Delete what the backfill copied (its target was empty when it began) and reset its checkpoints,
-        in one transaction with the ledger's revert record."""
-        t0 = time.monotonic()
-        row_id, started = self.ledger.start(self.step.id, "revert", applied.checksum, applied.actions, self.who)
-        table = self.step.target
-        schema, _, name = table.rpartition(".")
-        exists = inspect(self.target).has_table(name, schema=schema or None)
-        try:
-            with self.target.begin() as conn:
-                deleted = 0
-                if exists:
-                    quoted = ".".join(conn.dialect.identifier_preparer.quote_identifier(p) for p in table.split("."))
-                    deleted = conn.exec_driver_sql(f"DELETE FROM {quoted}").rowcount
-                conn.execute(checkpoints.delete().where(checkpoints.c.plan_id == self.plan_id,
-                                                        checkpoints.c.step_id == self.step.id))
-                note = (f"deleted the {deleted:,} rows the backfill copied into '{table}'" if exists else
-                        f"table '{table}' no longer exists; nothing to delete")
-                self.ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps([note]), conn=conn)
-        except sa_exc.SQLAlchemyError as exc:
-            self.ledger.finish(row_id, "failed", started_at=started, error=db_error_line(exc))
-            raise BackfillFailed(f"{self.where}: revert failed: {db_error_line(exc)}") from exc
-        log.info("%s reverted: %s", self.where, note)
-        return StepResult(self.step.id, "reverted", time.monotonic() - t0, 1, [note])
 
 
 def pairwise_bounds(bounds: list[int]) -> list[tuple[int, int]]:

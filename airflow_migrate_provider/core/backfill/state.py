@@ -164,9 +164,5 @@ class Checkpoints:
             position=dumps(position), rows_copied=checkpoints.c.rows_copied + rows,
             status="done" if done else "pending", updated_at=utcnow()))
 
-    def mark_done(self, conn: Connection, chunk: int) -> None:
-        conn.execute(update(checkpoints).where(self._mine(), checkpoints.c.chunk == chunk)
-                     .values(status="done", updated_at=utcnow()))
-
     def clear(self, conn: Connection) -> None:
         conn.execute(delete(checkpoints).where(self._mine()))

@@ -1,5 +1,5 @@
-"""Which tables a plan writes, for ``backup.tables: auto``: found by parsing each schema step's ``up`` SQL
-(sqlglot) and adding each backfill's target. Read-only steps write nothing."""
+"""Which tables a plan writes, for ``backup.tables: auto``: each step's kind says (a schema step by parsing
+its ``up`` SQL with :func:`tables_written_by_sql`, a backfill by naming its target)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
+from airflow_migrate_provider.core.dialects import dialect_named
 from airflow_migrate_provider.errors import BackupFailed
-from airflow_migrate_provider.plan.model import BACKUP_PREFIX, BackfillStep, Plan, SchemaStep
-
-_SQLGLOT_DIALECT = {"postgresql": "postgres", "sqlite": "sqlite", "mysql": "mysql"}
+from airflow_migrate_provider.plan.model import BACKUP_PREFIX, Plan
 
 
 @dataclass
@@ -75,30 +74,35 @@ def _written_by(statement: exp.Expression) -> list[str] | Literal[False]:
 
 
 def touched_tables(plan: Plan, dialect: str) -> Touched:
-    """Every table the plan's steps write. Raises ``BackupFailed`` naming the statement when one cannot be
-    analysed, so the user lists ``backup.tables`` instead of a table silently going unprotected."""
+    """Every table the plan's steps write, asking each step's kind. Raises ``BackupFailed`` naming the
+    statement when one cannot be analysed, so the user lists ``backup.tables`` instead of a table silently
+    going unprotected."""
+    from airflow_migrate_provider.core.kinds import kind_of
+
     touched = Touched()
-    read = _SQLGLOT_DIALECT.get(dialect, dialect)
     for step in plan.steps:
-        if isinstance(step, BackfillStep):
-            touched.add(step.target, step.id)
-            continue
-        if not isinstance(step, SchemaStep):
-            continue
-        for sql in step.up:
-            try:
-                statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
-            except sqlglot.errors.ParseError as exc:
-                raise _unknown(step.id, sql, str(exc).splitlines()[0]) from exc
-            for statement in statements:
-                if read == "postgres":  # unquoted names are lower case there: `UPDATE Users` writes users
-                    statement = normalize_identifiers(statement, dialect=read)
-                written = _written_by(statement)
-                if written is False:
-                    raise _unknown(step.id, statement.sql(dialect=read), "no table could be read from it")
-                for table in written:
-                    touched.add(table, step.id)
+        for table in kind_of(step).touched_tables(step, dialect):
+            touched.add(table, step.id)
     return touched
+
+
+def tables_written_by_sql(step_id: str, sqls: list[str], dialect: str) -> list[str]:
+    """The tables SQL texts write, in order (sqlglot), or ``BackupFailed`` naming a statement it cannot tell."""
+    read = dialect_named(dialect).sqlglot_name or None
+    tables: list[str] = []
+    for sql in sqls:
+        try:
+            statements = [s for s in sqlglot.parse(sql, read=read) if s is not None]
+        except sqlglot.errors.ParseError as exc:
+            raise _unknown(step_id, sql, str(exc).splitlines()[0]) from exc
+        for statement in statements:
+            # unquoted names in the database's own letter case (PostgreSQL: `UPDATE Users` writes users)
+            statement = normalize_identifiers(statement, dialect=read)
+            written = _written_by(statement)
+            if written is False:
+                raise _unknown(step_id, statement.sql(dialect=read), "no table could be read from it")
+            tables += [t for t in written if t not in tables]
+    return tables
 
 
 def _unknown(step_id: str, sql: str, why: str) -> BackupFailed:

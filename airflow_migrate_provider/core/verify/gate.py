@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity, history
-from airflow_migrate_provider.plan.model import HealthGateStep, Plan
+from airflow_migrate_provider.plan.model import HealthGateStep
 
 log = logging.getLogger(__name__)
 BASELINE_ACTION = "baseline"
@@ -31,20 +31,16 @@ def health_gate(step: HealthGateStep, engines: dict[str, Engine]) -> Any:
                       engines=engines, database=step.database)
 
 
-def capture_baselines(plan: Plan, engines: dict[str, Engine], ledger: Ledger, who: RunIdentity) -> dict[str, Any]:
-    """Sample every health gate's metrics now (preflight) and record the medians in the ledger."""
-    captured = {}
-    for step in plan.steps:
-        if not isinstance(step, HealthGateStep):
-            continue
-        baseline = health_gate(step, engines).capture_baseline(samples=step.baseline_samples,
-                                                               interval_s=min(1.0, step.interval_seconds))
-        row_id, started = ledger.start(step.id, BASELINE_ACTION, "-", {"kind": "health_gate", "baseline": baseline},
-                                       who)
-        ledger.finish(row_id, "recorded", started_at=started, verified=json.dumps(baseline))
-        log.info("health gate '%s': baseline %s", step.id, baseline)
-        captured[step.id] = baseline
-    return captured
+def capture_baseline(step: HealthGateStep, engines: dict[str, Engine], ledger: Ledger,
+                     who: RunIdentity) -> dict[str, Any]:
+    """Sample a health gate's metrics now (preflight) and record the medians in the ledger."""
+    baseline = health_gate(step, engines).capture_baseline(samples=step.baseline_samples,
+                                                           interval_s=min(1.0, step.interval_seconds))
+    row_id, started = ledger.start(step.id, BASELINE_ACTION, "-", {"kind": "health_gate", "baseline": baseline},
+                                   who)
+    ledger.finish(row_id, "recorded", started_at=started, verified=json.dumps(baseline))
+    log.info("health gate '%s': baseline %s", step.id, baseline)
+    return baseline
 
 
 def load_baseline(ledger: Ledger, step_id: str, who: RunIdentity) -> dict[str, float] | None:

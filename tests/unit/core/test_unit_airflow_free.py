@@ -65,6 +65,11 @@ print(json.dumps(names))
     assert {
         "airflow_migrate_provider.core.ledger",
         "airflow_migrate_provider.core.steps",
+        "airflow_migrate_provider.core.actions",
+        "airflow_migrate_provider.core.kinds.registry",
+        "airflow_migrate_provider.core.kinds.schema",
+        "airflow_migrate_provider.core.kinds.backfill",
+        "airflow_migrate_provider.core.task_graph",
         "airflow_migrate_provider.core.preflight",
         "airflow_migrate_provider.core.rollback",
         "airflow_migrate_provider.core.lock_keeper",
@@ -72,7 +77,7 @@ print(json.dumps(names))
         "airflow_migrate_provider.core.dialects.sqlite",
         "airflow_migrate_provider.core.backfill.runner",
         "airflow_migrate_provider.core.backfill.copier",
-        "airflow_migrate_provider.core.backfill.pg_copy",
+        "airflow_migrate_provider.core.dialects.pg_copy",
         "airflow_migrate_provider.plan.loader",
         "airflow_migrate_provider.plan.model",
         "airflow_migrate_provider.errors",
@@ -100,6 +105,27 @@ main()
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "1 plan(s) valid" in result.stdout
+
+
+def test_render_works_without_airflow() -> None:
+    backfill = EXAMPLE.with_name("backfill_users.yaml")
+    code = BLOCK_AIRFLOW + f"""
+import sys
+from airflow_migrate_provider.cli import main
+for plan in ({str(EXAMPLE)!r}, {str(backfill)!r}):
+    sys.argv = ["airflow-migrate", "render", plan, "--dialect", "sqlite"]
+    try:
+        main()
+    except SystemExit as exit:
+        assert not exit.code, exit.code
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "rollback.revert_applied  <RollbackOperator> (teardown)" in out
+    assert "steps.move_preferences  <ApplyStepOperator>" in out
+    assert "steps.copy_users.copy_chunk  <BackfillOperator, mapped>" in out
+    assert "SELECT" in out and "DROP TABLE" in out
 
 
 def test_light_modules_do_not_import_heavy_packages() -> None:

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.dialects import Dialect, dialect_named
-from airflow_migrate_provider.core.steps import actions_for, is_truthy, step_checksum
+from airflow_migrate_provider.core.kinds.schema import actions_for, is_truthy
+from airflow_migrate_provider.core.steps import step_checksum
 from airflow_migrate_provider.errors import MigrateError
 from airflow_migrate_provider.plan.model import SchemaStep
 
@@ -141,14 +142,14 @@ def test_multi_statement_sql_is_split() -> None:
     step = make_step(up="CREATE TABLE a (x int);\nCREATE TABLE b (x int);\n\nCREATE INDEX i ON a (x);\n",
                      down=["DROP INDEX i;", "DROP TABLE b; DROP TABLE a;"])
     actions = actions_for(step, dialect_named("sqlite"))
-    assert actions.up == ["CREATE TABLE a (x int)", "CREATE TABLE b (x int)", "CREATE INDEX i ON a (x)"]
-    assert actions.down == ["DROP INDEX i", "DROP TABLE b", "DROP TABLE a"]
+    assert actions.statements("do") == ["CREATE TABLE a (x int)", "CREATE TABLE b (x int)", "CREATE INDEX i ON a (x)"]
+    assert actions.statements("undo") == ["DROP INDEX i", "DROP TABLE b", "DROP TABLE a"]
 
 
 def test_dollar_quoted_function_body_stays_one_statement() -> None:
     actions = actions_for(make_step(up=PLPGSQL), dialect_named("postgresql"))
-    assert len(actions.up) == 2
-    function, trigger = actions.up
+    assert len(actions.statements("do")) == 2
+    function, trigger = actions.statements("do")
     assert function.startswith("CREATE FUNCTION touch_updated_at()")
     assert "NEW.updated_at := now();\n  RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql" in function
     assert trigger.startswith("CREATE TRIGGER t_touch")
@@ -158,7 +159,7 @@ def test_dollar_quoted_function_body_stays_one_statement() -> None:
 def test_tagged_dollar_quotes_stay_one_statement() -> None:
     sql = "CREATE FUNCTION one() RETURNS int AS $body$ SELECT 1; SELECT 2; $body$ LANGUAGE sql; SELECT 3"
     actions = actions_for(make_step(up=sql), dialect_named("postgresql"))
-    assert actions.up == [
+    assert actions.statements("do") == [
         "CREATE FUNCTION one() RETURNS int AS $body$ SELECT 1; SELECT 2; $body$ LANGUAGE sql",
         "SELECT 3",
     ]
@@ -167,27 +168,27 @@ def test_tagged_dollar_quotes_stay_one_statement() -> None:
 def test_semicolons_inside_strings_and_identifiers_do_not_split() -> None:
     sql = "INSERT INTO t (a) VALUES ('a;b'), ('it''s; fine');\nSELECT \"odd;name\" FROM t;"
     actions = actions_for(make_step(up=sql), dialect_named("sqlite"))
-    assert actions.up == ["INSERT INTO t (a) VALUES ('a;b'), ('it''s; fine')", 'SELECT "odd;name" FROM t']
+    assert actions.statements("do") == ["INSERT INTO t (a) VALUES ('a;b'), ('it''s; fine')", 'SELECT "odd;name" FROM t']
 
 
 def test_sqlite_trigger_body_stays_one_statement() -> None:
     sql = ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END;\n"
            "SELECT 1;")
     actions = actions_for(make_step(up=sql), dialect_named("sqlite"))
-    assert actions.up == ["CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END",
+    assert actions.statements("do") == ["CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END",
                           "SELECT 1"]
 
 
 def test_empty_statements_are_dropped() -> None:
     actions = actions_for(make_step(up="CREATE TABLE t (a int);;\n\n;\n"), dialect_named("postgresql"))
-    assert actions.up == ["CREATE TABLE t (a int)"]
+    assert actions.statements("do") == ["CREATE TABLE t (a int)"]
 
 
 def test_verify_queries_are_not_split_but_lose_their_final_semicolon() -> None:
     step = make_step(verify=["  SELECT count(*) = 1 FROM t;  \n", "SELECT 1"], verify_down="SELECT 0;")
     actions = actions_for(step, dialect_named("postgresql"))
-    assert actions.verify == ["SELECT count(*) = 1 FROM t", "SELECT 1"]
-    assert actions.verify_down == ["SELECT 0"]
+    assert actions.checks("do") == ["SELECT count(*) = 1 FROM t", "SELECT 1"]
+    assert actions.checks("undo") == ["SELECT 0"]
 
 
 @pytest.mark.parametrize("name", ["postgresql", "sqlite"])
@@ -212,14 +213,14 @@ def test_irreversible_flag_is_carried() -> None:
     step = make_step(down=[], irreversible=True)
     actions = actions_for(step, dialect_named("sqlite"))
     assert actions.irreversible is True
-    assert actions.down == []
+    assert actions.statements("undo") == []
 
 
 def test_actions_round_trip_through_json() -> None:
-    from airflow_migrate_provider.core.steps import StepActions
+    from airflow_migrate_provider.core.actions import ActionPlan
 
     actions = actions_for(make_step(up=PLPGSQL), dialect_named("postgresql"))
-    assert StepActions.from_json(actions.to_json()) == actions
+    assert ActionPlan.from_json(actions.to_json()) == actions
 
 
 def test_unknown_dialect_name_is_a_clear_error() -> None:

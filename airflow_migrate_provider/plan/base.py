@@ -1,0 +1,45 @@
+"""What every plan object shares: strict models, id and SQL-list validation."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+QUALIFIED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
+
+
+class StrictModel(BaseModel):
+    """Base for every plan object: unknown keys are errors, values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+SqlList = Annotated[
+    list[Annotated[str, Field(min_length=1)]],
+    Field(description="One SQL text or a list of them; each may hold several statements."),
+]
+
+
+def _identifier(error_type: str, value: str) -> str:
+    """Ids become Airflow task/dag ids and ledger keys: keep them plain."""
+    if not IDENTIFIER.match(value):
+        raise PydanticCustomError(
+            error_type, "{what} '{value}' must start with a letter and use only letters, digits and _ "
+            "(max 63 characters)", {"what": error_type.replace("_", " "), "value": value}
+        )
+    return value
+
+
+def _sql_list(value: Any) -> Any:
+    """Accept a single SQL string where a list of SQL strings is expected."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("sql_list", "must be SQL text or a list of SQL texts")
+    return value
