@@ -280,6 +280,6 @@ def validated_plan(data: dict[str, Any]) -> Plan:
         return entry[1]
     plan = Plan.model_validate(data)
     if len(_validated) >= _VALIDATED_KEEP:
-        del _validated[next(iter(_validated))]  # the oldest
+        _validated.pop(next(iter(_validated), None), None)  # the oldest (pop: another thread may be at it too)
     _validated[id(data)] = (data, plan)
     return plan
