@@ -4,10 +4,9 @@ How PostgreSQL is found (DESIGN.md "Real components"): ``MIGRATE_TEST_PG_URL``, 
 a Docker engine works, then the local server on 127.0.0.1:5432. With ``CI=true`` a missing server fails
 the tests that need it instead of skipping them.
 
-Parallel runs (pytest-xdist, ``./scripts/test`` uses ``-n 2 --dist loadgroup``): every worker process has
-its own Airflow home and SQLite metadata DB (named after its worker id, gw0, gw1, ...), and its test
-databases are named ``migtest_<worker>_<random>``. Tests that must share a process are kept together by
-``xdist_group`` marks set in :func:`pytest_collection_modifyitems`.
+Parallel runs (pytest-xdist; ``./scripts/test`` adds ``-n``): every worker process has its own Airflow home
+and SQLite metadata DB (named after its worker id, gw0, gw1, ...), and its test databases are named
+``migtest_<worker>_<random>``. Which tests share a worker: :func:`work_units`.
 """
 
 from __future__ import annotations
@@ -54,6 +53,80 @@ class TestDatabase:
     dialect: str  # postgresql | sqlite
     sqlalchemy_url: str
     airflow_uri: str
+
+
+# -- pytest-xdist: which tests share a worker -------------------------------------------------------------
+# Work is handed to workers in units that run whole in one process: a module (its module fixtures are set up
+# once; tests/integration modules share databases that way, some fetched with request.getfixturevalue), except
+# that the DAG modules of tests/dags are merged into DAG_GROUPS units: the first dag.test() in a process costs
+# ~10 s (Airflow builds its Execution API), so at most that many workers pay it. The scheduler test's module,
+# one real deployment, is a unit of its own and is handed out first, then the DAG units (the longest ones first,
+# so no worker is left alone with them at the end).
+# (xdist's own --dist loadgroup cannot do this here: on pytest 9.2 its xdist_group marks are silently ignored,
+# pytest-dev/pytest-xdist#1386.)
+DAG_GROUPS = 2
+SCHEDULER_MODULE = "tests/dags/test_scheduler_runs.py"
+
+
+def _unit_priority(module: str) -> int:
+    if module == SCHEDULER_MODULE:
+        return 0
+    return {"dags": 1, "integration": 2}.get(module.split("/")[1] if module.count("/") >= 2 else "", 3)
+
+
+def work_units(nodeids: list[str]) -> dict[str, str]:
+    """{nodeid: unit}; computed from the node ids alone, so the controller and the workers agree."""
+    modules: dict[str, int] = {}
+    for nodeid in nodeids:
+        module = nodeid.split("::", 1)[0]
+        modules[module] = modules.get(module, 0) + 1
+    unit = {m: m for m in modules}
+    load = [0] * DAG_GROUPS
+    dag_modules = [m for m in modules if m.startswith("tests/dags/") and m != SCHEDULER_MODULE]
+    for module in sorted(dag_modules, key=lambda m: (-modules[m], m)):  # biggest first, onto the lightest
+        index = load.index(min(load))
+        unit[module], load[index] = f"dags-{index + 1}", load[index] + modules[module]
+    return {nodeid: unit[nodeid.split("::", 1)[0]] for nodeid in nodeids}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With -n and the default --dist (load): hand out the units of :func:`work_units`, in the order the
+    workers collected them (see :func:`pytest_collection_modifyitems`). An explicit --dist other than load
+    keeps xdist's own scheduling."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        units: dict[str, str] = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid not in self.units:
+                self.units = work_units(list(self.collection or [nodeid]))
+            return self.units.get(nodeid, nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection's order: scheduler, DAG units, the rest
+    return WorkUnitScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In an xdist worker: order the tests as the units should be handed out: the scheduler test's module,
+    the DAG units (biggest first), tests/integration, the rest; the order is the same in every worker, as
+    xdist requires. Without xdist the order is left as collected."""
+    if not hasattr(config, "workerinput"):
+        return
+    units = work_units([item.nodeid for item in items])
+    size: dict[str, int] = {}
+    for unit in units.values():
+        size[unit] = size.get(unit, 0) + 1
+    first = {}
+    for position, item in enumerate(items):
+        first.setdefault(units[item.nodeid], position)
+    items.sort(key=lambda item: (_unit_priority(item.nodeid.split("::", 1)[0]),
+                                 -size[units[item.nodeid]] if units[item.nodeid].startswith("dags-") else 0,
+                                 first[units[item.nodeid]]))
 
 
 def _port_open(host: str, port: int) -> bool:
