@@ -110,7 +110,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return WorkUnitScheduling(config, log)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: the controller computes the units from this list
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """In an xdist worker: order the tests as the units should be handed out: the scheduler test's module,
     the DAG units (biggest first), tests/integration, the rest; the order is the same in every worker, as
