@@ -78,7 +78,7 @@ def render(path: str | Path, dialect: str | None = None, connections: dict[str, 
              + (f" source={plan.connections.source}" if plan.connections.source else "")]
     for conn_id, uri in sorted((connections or {}).items()):
         lines.append(f"  {conn_id} = {mask_uri(uri)}")
-    return "\n".join(lines + graph.render(dialect))
+    return "\n".join(lines + graph.render())
 
 
 @dataclass
@@ -125,9 +125,9 @@ def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:
 
     from airflow_migrate_provider.core.backup.restore import TableState
     from airflow_migrate_provider.core.backup.retention import backups_table, plan_backups
+    from airflow_migrate_provider.core.context import report_dir
     from airflow_migrate_provider.core.rollback import tables_after_rollback
     from airflow_migrate_provider.hooks.migration import MigrationHook
-    from airflow_migrate_provider.operators.verify import report_dir
 
     engine = MigrationHook(plan.connections.target).get_engine()
     try:

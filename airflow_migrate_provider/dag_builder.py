@@ -24,7 +24,6 @@ from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, TaskGroup
 
 from airflow_migrate_provider.core.task_graph import (
@@ -59,13 +58,18 @@ def phase_task_ids(plan: Plan) -> list[str]:
     return build_task_graph(plan).watched_task_ids()
 
 
+DOC_SOURCE_LIMIT = 100_000  # characters of the plan's YAML shown in the DAG docs (stored with every parse)
+
+
 def template_safe(text: str) -> str:
     """Plan text shown in a Jinja-rendered field, as literal text (never evaluated as a template)."""
     return text.replace("{", "{{ '{' }}")
 
 
 def _approval(plan: Plan, task: GraphTask) -> Any:
-    step = plan.step(task.args["step_id"])
+    from airflow.providers.standard.operators.hitl import ApprovalOperator  # only plans with a point of no return
+
+    step = next(s for s in plan.steps if s.id == task.args["step_id"])
     backup_line = ("Backup: `{{ ti.xcom_pull(task_ids='" + BACKUP_TASK + "')['backup_id'] }}` (verified)."
                    if plan.backup else "No backup is declared in the plan.")
     body = (f"Step **`{step.id}`** of plan `{plan.id}` is **irreversible**: "
@@ -87,7 +91,10 @@ def _doc_md(plan: Plan, source_text: str | None) -> str:
              + (f", source connection: `{plan.connections.source}`" if plan.connections.source else ""),
              "Steps: " + ", ".join(f"`{s.id}`" for s in plan.steps)]
     if source_text:
-        parts.append(f"## Plan source\n```yaml\n{source_text}\n```")
+        shown = source_text[:DOC_SOURCE_LIMIT]
+        more = (f"\n\n(the first {DOC_SOURCE_LIMIT:,} of {len(source_text):,} characters; the plan file has the rest)"
+                if len(source_text) > DOC_SOURCE_LIMIT else "")
+        parts.append(f"## Plan source\n```yaml\n{shown}\n```{more}")
     return "\n\n".join(p for p in parts if p)
 
 
@@ -97,6 +104,7 @@ class _Builder:
     def __init__(self, plan: Plan, graph: TaskGraph, common: dict[str, Any], plan_dir: str | None):
         self.plan, self.graph, self.common, self.plan_dir = plan, graph, common, plan_dir
         self.built: dict[str, Any] = {}
+        self.steps = {step.id: step for step in plan.steps}
         self.groups: dict[str, Any] = {}
 
     def _group(self, stack: ExitStack, task: GraphTask) -> None:
@@ -107,6 +115,10 @@ class _Builder:
             group = self.groups.get(path) or TaskGroup(parts[depth - 1], tooltip=tooltip or "")
             self.groups[path] = group
             stack.enter_context(group)
+
+    def watched(self) -> list[str]:
+        """The ids Airflow gave the phase tasks built so far: a failure of any of them means roll back."""
+        return [self.built[t.task_id].task_id for t in self.graph.tasks if t.watched and t.task_id in self.built]
 
     def build(self, task: GraphTask) -> Any:
         with ExitStack() as stack:
@@ -121,11 +133,11 @@ class _Builder:
         if task.operator == "VerifyOperator":
             kwargs["plan_dir"] = self.plan_dir
         if "step_id" in task.args:
-            kwargs["doc_md"] = self.plan.step(task.args["step_id"]).description or None
+            kwargs["doc_md"] = self.steps[task.args["step_id"]].description or None
         if task.operator == "RollbackOperator":
-            kwargs.update(watched_task_ids=self.graph.watched_task_ids(), retries=0)
+            kwargs.update(watched_task_ids=self.watched(), retries=0)
         if task.operator == "MigrationOutcomeOperator":
-            kwargs.update(watched_task_ids=[PREFLIGHT_TASK, *self.graph.watched_task_ids()],
+            kwargs.update(watched_task_ids=[self.built[PREFLIGHT_TASK].task_id, *self.watched()],
                           rollback_task_id=ROLLBACK_TASK, retries=0, trigger_rule=task.trigger_rule)
         if task.mapped_over is None:
             return operator(task_id=task.name, **kwargs)

@@ -7,6 +7,8 @@ several targets gets one context each; nothing below reads ``plan.connections.ta
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.step_result import LockCheck, NoLockCheck
 
 if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
     from airflow_migrate_provider.plan.model import Plan
+
+REPORTS_ENV = "AIRFLOW_MIGRATE_REPORTS"
+
+
+def report_dir(dag_id: str, run_id: str) -> Path:
+    """Where a run's verification reports go: ``$AIRFLOW_MIGRATE_REPORTS`` (else ``$AIRFLOW_HOME/
+    migration_reports``) / dag / run."""
+    base = os.environ.get(REPORTS_ENV) or str(Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
+                                              / "migration_reports")
+    return Path(base) / dag_id / re.sub(r"[^A-Za-z0-9_.+-]", "_", run_id)
 
 
 @dataclass

@@ -7,15 +7,17 @@ recorded in a ledger row), and the kind does the work.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.kinds import kind_named, kind_of
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
 from airflow_migrate_provider.core.step_result import LockCheck, NoLockCheck, StepResult
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
 
 log = logging.getLogger(__name__)
 

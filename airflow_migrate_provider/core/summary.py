@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
-from airflow_migrate_provider.plan.model import Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+    from airflow_migrate_provider.plan.model import Plan
 
 TASK_STATES_WORST_FIRST = ("failed", "upstream_failed", "up_for_retry", "running", "deferred", "queued",
                            "scheduled", "None", "skipped", "success")

@@ -9,11 +9,13 @@ that needs neither Airflow nor a database). Steps are shaped by their kind (:met
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_migrate_provider.core.dialects import Dialect, dialect_named
 from airflow_migrate_provider.core.kinds import kind_of
 from airflow_migrate_provider.errors import MigrateError
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
 
 PREFLIGHT_TASK = "preflight.check"
 BACKUP_TASK = "backup.create"
@@ -73,7 +75,7 @@ class TaskGraph:
     def watched_task_ids(self) -> list[str]:
         return [t.task_id for t in self.tasks if t.watched]
 
-    def render(self, dialect: str) -> list[str]:
+    def render(self) -> list[str]:
         """Each group's tasks with their operator and what they do, for ``airflow-migrate render``."""
         lines: list[str] = []
         current: str | None = "-"
@@ -88,14 +90,14 @@ class TaskGraph:
         return lines
 
 
-def _approval_gate(plan: Any, step: Any) -> list[GraphTask]:
+def _approval_gate(plan: Any, step: Any, position: int) -> list[GraphTask]:
     """Verify what is applied so far, then hold for a person's approval before the point of no return."""
     group, tooltip = f"steps.before_{step.id}", f"point of no return: verification gate and approval for {step.id}"
     return [
         GraphTask(f"{group}.verify", "VerifyStepsOperator", {"before_step": step.id}, watched=True,
                   subgroup_tooltip=tooltip, describe=(
                       f"gate before the irreversible step '{step.id}': re-runs the verify queries of the "
-                      f"{[s.id for s in plan.steps].index(step.id)} step(s) before it (read-only)",)),
+                      f"{position} step(s) before it (read-only)",)),
         GraphTask(f"{group}.approve", "ApprovalOperator", {"step_id": step.id}, watched=True,
                   subgroup_tooltip=tooltip, describe=(
                       f"holds for a person's approval in the Airflow UI (timeout {plan.approval.timeout_hours:g} h); "
@@ -103,14 +105,14 @@ def _approval_gate(plan: Any, step: Any) -> list[GraphTask]:
     ]
 
 
-def _step_tasks(step: Any, dialect: Dialect) -> list[GraphTask]:
+def _step_tasks(step: Any, dialect: Dialect | None) -> list[GraphTask]:
     kind = kind_of(step)
     shape = kind.task_shape(step)
     base = f"steps.{step.id}"
     if shape.group_tooltip is None:
         (spec,) = shape.tasks
         return [GraphTask(base, spec.operator, {"step_id": step.id, **spec.args}, watched=True,
-                          describe=tuple(kind.describe(step, dialect)))]
+                          describe=tuple(kind.describe(step, dialect)) if dialect is not None else ())]
     return [GraphTask(f"{base}.{spec.name}", spec.operator, {"step_id": step.id, **spec.args},
                       describe=spec.describe, mapped_over=f"{base}.{spec.mapped_over}" if spec.mapped_over else None,
                       map_arg=spec.map_arg, map_label=spec.map_label, watched=True,
@@ -131,17 +133,23 @@ def _backup_lines(plan: Any, dialect: str) -> tuple[str, ...]:
             + ("steps that change data refuse to run without it" if spec.required else "optional"))
 
 
-def build_task_graph(plan: Any, dialect: str = "postgresql") -> TaskGraph:
-    """Every task ``plan`` needs, in order. Touches no database and imports no Airflow."""
-    sql_dialect = dialect_named(dialect)
+def build_task_graph(plan: Any, dialect: str | None = None) -> TaskGraph:
+    """Every task ``plan`` needs, in order. Touches no database and imports no Airflow. With ``dialect``, each
+    task also says what it will do on that database (``render``); without, that work is skipped (DAG parse)."""
+    sql_dialect = None
+    if dialect is not None:
+        from airflow_migrate_provider.core.dialects import dialect_named  # rendering only: not at DAG-parse time
+
+        sql_dialect = dialect_named(dialect)
     tasks = [GraphTask(PREFLIGHT_TASK, "PreflightOperator", describe=(
         "checks: target (and source) reachable; every reversible step has a down; every step has a verify; ledger "
         "tables exist and no applied step was edited; takes the run lock",))]
     if plan.backup is not None:
-        tasks.append(GraphTask(BACKUP_TASK, "BackupOperator", watched=True, describe=_backup_lines(plan, dialect)))
-    for step in plan.steps:
+        tasks.append(GraphTask(BACKUP_TASK, "BackupOperator", watched=True,
+                               describe=_backup_lines(plan, dialect) if dialect is not None else ()))
+    for position, step in enumerate(plan.steps):
         if kind_of(step).is_point_of_no_return(step):
-            tasks += _approval_gate(plan, step)
+            tasks += _approval_gate(plan, step, position)
         tasks += _step_tasks(step, sql_dialect)
     tasks.append(GraphTask(VERIFY_TASK, "VerifyStepsOperator", watched=True, describe=(
         f"re-runs the verify queries of all {len(plan.steps)} steps (read-only)",)))

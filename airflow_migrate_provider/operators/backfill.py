@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from airflow.sdk import Context
 
-from airflow_migrate_provider.core.backfill.throttle import ThrottleDeferral
+from airflow_migrate_provider.errors import ThrottleDeferral
 from airflow_migrate_provider.operators.base import MigrationOperator
 
 Phase = Literal["start", "chunk", "recent", "final"]

@@ -4,9 +4,6 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from airflow_migrate_provider.core.backup.make import make_backup
-from airflow_migrate_provider.core.backup.retention import prune_backups
-from airflow_migrate_provider.core.backup.strategies import human_size
 from airflow_migrate_provider.errors import MigrateError
 from airflow_migrate_provider.operators.base import MigrationOperator
 
@@ -18,6 +15,11 @@ class BackupOperator(MigrationOperator):
     ui_color = "#fff4e0"
 
     def run_migration(self, context: Context) -> dict[str, Any]:
+        # imported here, not at DAG-parse time (sqlglot and the strategies cost ~0.15 s per parse)
+        from airflow_migrate_provider.core.backup.make import make_backup
+        from airflow_migrate_provider.core.backup.retention import prune_backups
+        from airflow_migrate_provider.core.backup.strategies import human_size
+
         with self.runner(context) as runner:
             try:
                 pruned = prune_backups(runner.engine, self.plan.id, expired=True)

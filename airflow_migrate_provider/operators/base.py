@@ -3,40 +3,29 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
-from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
-from airflow_migrate_provider.core.lock_keeper import LockKeeper
-from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.core.summary import worst_state
 from airflow_migrate_provider.errors import BackupFailed, MigrateError, db_error_line, should_retry
-from airflow_migrate_provider.hooks.migration import MigrationHook
 from airflow_migrate_provider.masking import mask_text
 from airflow_migrate_provider.plan.model import Plan
 
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.context import RunContext
+    from airflow_migrate_provider.core.dialects import Dialect
+    from airflow_migrate_provider.core.ledger import RunIdentity
+    from airflow_migrate_provider.core.steps import StepRunner
+
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
-REPORTS_ENV = "AIRFLOW_MIGRATE_REPORTS"
-
-
-def report_dir(dag_id: str, run_id: str) -> Path:
-    """Where a run's verification reports go: ``$AIRFLOW_MIGRATE_REPORTS`` (else ``$AIRFLOW_HOME/
-    migration_reports``) / dag / run."""
-    base = os.environ.get(REPORTS_ENV) or str(Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser()
-                                              / "migration_reports")
-    return Path(base) / dag_id / re.sub(r"[^A-Za-z0-9_.+-]", "_", run_id)
 
 
 def airflow_error(exc: MigrateError | SQLAlchemyError) -> AirflowException:
@@ -75,22 +64,32 @@ class MigrationOperator(BaseOperator):
         return validated_plan(self.plan_data)
 
     def who(self, context: Context) -> RunIdentity:
+        from airflow_migrate_provider.core.ledger import RunIdentity
+
         ti = context["ti"]
         return RunIdentity(ti.dag_id, ti.run_id, int(ti.try_number or 1), socket.gethostname(), os.getpid())
 
     def open_target(self) -> tuple[Engine, Dialect]:
         """The engine and dialect of the target this task acts on (its ``target_conn_id``)."""
+        from airflow_migrate_provider.hooks.migration import MigrationHook
+
         return MigrationHook(self.target_conn_id).get_engine_and_dialect()
 
     def open_source(self) -> Engine | None:
         """The source database's engine, or None when the plan's source is its target."""
         conn_id = self.plan.connections.separate_source
+        from airflow_migrate_provider.hooks.migration import MigrationHook
+
         return MigrationHook(conn_id).get_engine() if conn_id else None
 
     @contextmanager
     def run_context(self, context: Context, **options: Any) -> Iterator[RunContext]:
         """This task's run context on its target, holding the run's lock, renewed in the background while
         the task works."""
+        from airflow_migrate_provider.core.context import RunContext, report_dir
+        from airflow_migrate_provider.core.ledger import Ledger
+        from airflow_migrate_provider.core.lock_keeper import LockKeeper
+
         plan, who = self.plan, self.who(context)
         engine, dialect = self.open_target()
         source = None
@@ -113,6 +112,8 @@ class MigrationOperator(BaseOperator):
     @contextmanager
     def runner(self, context: Context, **options: Any) -> Iterator[StepRunner]:
         """A step runner in this task's run context (see :meth:`run_context`)."""
+        from airflow_migrate_provider.core.steps import StepRunner
+
         with self.run_context(context, **options) as ctx:
             yield StepRunner.of(ctx)
 

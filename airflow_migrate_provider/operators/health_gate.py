@@ -3,11 +3,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Context
 
 from airflow_migrate_provider.core.kinds import kind_of
-from airflow_migrate_provider.core.kinds.health_gate import GateWatch
 from airflow_migrate_provider.operators.base import MigrationOperator
 
 
@@ -25,20 +23,26 @@ class HealthGateOperator(MigrationOperator):
     def run_migration(self, context: Context) -> dict[str, Any]:
         import time
 
+        from airflow_migrate_provider.core.kinds.health_gate import GateWatch
+
         return self.watch(context, GateWatch(started_at=time.time()))
 
     def resume_watch(self, context: Context, event: Any = None, started_at: float = 0.0, samples: int = 0,
                      baseline: dict[str, float] | None = None) -> dict[str, Any]:
+        from airflow_migrate_provider.core.kinds.health_gate import GateWatch
+
         result = self.translating_errors(lambda: self.watch(context, GateWatch(started_at, samples, baseline)))
         self.inject_fault(context)
         return result
 
-    def watch(self, context: Context, watch: GateWatch) -> dict[str, Any]:
+    def watch(self, context: Context, watch: Any) -> dict[str, Any]:
         step = self.plan.step(self.step_id)
         with self.run_context(context) as ctx:
             watch = kind_of(step).watch_once(ctx, step, watch)
         if watch.done:
             return {"step": step.id, "passed": True, "samples": watch.samples, "last": watch.last}
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=step.interval_seconds)), method_name="resume_watch",
                    kwargs={"started_at": watch.started_at, "samples": watch.samples, "baseline": watch.baseline})
         raise AssertionError("unreachable: defer() raises")

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy.exc import SQLAlchemyError
 
-from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.core.summary import run_summary_table
 from airflow_migrate_provider.errors import ConnectionUnavailable, MigrateError
 from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
 from airflow_migrate_provider.plan.model import Plan
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.ledger import RunIdentity
 
 
 def states_failed(task_ids: list[str], states: dict[str, str]) -> list[str]:
@@ -45,6 +47,8 @@ class MigrationOutcomeOperator(MigrationOperator):
     def _summarize_and_release(self, plan: Plan, who: RunIdentity, states: dict[str, str]) -> None:
         engine, _ = self.open_target()
         try:
+            from airflow_migrate_provider.core.ledger import Ledger
+
             ledger = Ledger(engine, plan.id)
             if ledger.exists():
                 self.log.info("migration summary\n%s", run_summary_table(plan, ledger, who, states))

@@ -4,9 +4,6 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.ledger import Ledger
-from airflow_migrate_provider.core.preflight import before_run, run_preflight
 from airflow_migrate_provider.operators.base import MigrationOperator
 
 
@@ -14,6 +11,10 @@ class PreflightOperator(MigrationOperator):
     """Checks connections, the plan checklist and the ledger, and takes the run lock."""
 
     def run_migration(self, context: Context) -> dict[str, Any]:
+        from airflow_migrate_provider.core.context import RunContext
+        from airflow_migrate_provider.core.ledger import Ledger
+        from airflow_migrate_provider.core.preflight import before_run, run_preflight
+
         plan, who = self.plan, self.who(context)
         target, dialect = self.open_target()
         source = None

@@ -7,8 +7,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from airflow_migrate_provider.core.rollback import rollback_run
-from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator, report_dir
+from airflow_migrate_provider.operators.base import FAILED_STATES, MigrationOperator
 
 
 class RollbackOperator(MigrationOperator):
@@ -23,6 +22,9 @@ class RollbackOperator(MigrationOperator):
         self.watched_task_ids = list(watched_task_ids)
 
     def run_migration(self, context: Context) -> dict[str, Any]:
+        from airflow_migrate_provider.core.context import report_dir
+        from airflow_migrate_provider.core.rollback import rollback_run  # restore machinery: not at parse time
+
         states = self.watched_states(context, self.watched_task_ids)
         failed = sorted(t for t, s in states.items() if s in FAILED_STATES)
         if not failed:

@@ -17,7 +17,7 @@ CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
 class StrictModel(BaseModel):
     """Base for every plan object: unknown keys are errors, values are not coerced across types."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 SqlList = Annotated[

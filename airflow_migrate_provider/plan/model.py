@@ -195,7 +195,7 @@ class Plan(StrictModel):
 
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Plan:
-        duplicates = duplicate_step_ids([s.model_dump() for s in self.steps])
+        duplicates = duplicate_step_ids([{"id": s.id} for s in self.steps])
         if duplicates:
             index, step_id, first = duplicates[0]
             raise PydanticCustomError(

@@ -19,8 +19,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -28,6 +26,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backfill.actions import backfill_actions, backfill_checksum
+from airflow_migrate_provider.core.backfill.batching import (
+    MIN_BATCH_ROWS,
+    BatchSizer,
+    PhaseReport,
+    lagged,
+    pairwise_bounds,
+)
 from airflow_migrate_provider.core.backfill.copier import BatchCopier, DeltaBounds, Key
 from airflow_migrate_provider.core.backfill.progress import Progress
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec, resolve_spec
@@ -40,38 +45,6 @@ from airflow_migrate_provider.errors import BackfillFailed, BackfillSpecError, C
 from airflow_migrate_provider.plan.model import BackfillStep
 
 log = logging.getLogger(__name__)
-_MIN_BATCH_ROWS = 1_000
-
-
-@dataclass
-class PhaseReport:
-    """What one task did, for its log summary and XCom."""
-
-    phase: str
-    rows: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"phase": self.phase, "rows": self.rows, "batches": self.batches,
-                "seconds": round(self.seconds, 3), **self.detail}
-
-
-def _lagged(value: Any, seconds: int) -> Any:
-    """A timestamp watermark moved back by the lag; other watermark types unchanged."""
-    if value is None or not seconds:
-        return value
-    if isinstance(value, datetime):
-        return value - timedelta(seconds=seconds)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-        shifted = parsed - timedelta(seconds=seconds)
-        return shifted.isoformat(sep="T" if "T" in value else " ")
-    return value
 
 
 class BackfillRunner:
@@ -137,7 +110,7 @@ class BackfillRunner:
             return None
         raw = self._scalar(self.source, f"SELECT max({self.spec.watermark_expr}) FROM {self.spec.source_from}"
                                         f"{self.spec.where(None)}")
-        return _lagged(raw, self.step.watermark_lag_seconds)
+        return lagged(raw, self.step.watermark_lag_seconds)
 
     def _count_source(self, conn: Connection | None, upper: Key | None = None) -> int:
         spec, params = self.spec, {}
@@ -334,7 +307,7 @@ class BackfillRunner:
         if phase.recent.get("position") is not None:
             log.info("%s: resuming after key %s", label, phase.recent["position"])
         progress = Progress(label, 0, int(phase.recent.get("rows") or 0), log)
-        limit = max(_MIN_BATCH_ROWS, self.step.batch.rows)
+        limit = max(MIN_BATCH_ROWS, self.step.batch.rows)
 
         def checkpoint(tconn: Connection, last: Key, rows: int) -> None:
             phase.recent["position"] = last
@@ -392,7 +365,7 @@ class BackfillRunner:
         label = f"{self.where} phase 3 (final sync under lock: {delta.describe()})"
         report = PhaseReport("final_sync")
         self.lock.check()
-        limit = max(_MIN_BATCH_ROWS, step.batch.rows)
+        limit = max(MIN_BATCH_ROWS, step.batch.rows)
         lock_engine = self.target if self._shares_connection else self.source
         t0 = time.monotonic()
 
@@ -487,50 +460,3 @@ class BackfillRunner:
         upper = (phase.recent or {}).get("high_water") or phase.high_water
         report = self._closing_count(upper)
         return StepResult(self.step.id, "verified", time.monotonic() - t0, 0, [report.detail["verified"]])
-
-
-def pairwise_bounds(bounds: list[int]) -> list[tuple[int, int]]:
-    return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-
-
-class BatchSizer:
-    """Chooses each batch's upper key so batches take about ``batch.seconds`` (or hold ``batch.rows``).
-
-    Integer keys: the next bound is key arithmetic (no query), sized from the observed rows per key unit.
-    Other keys: the bound is the n-th next key, read from the source's key index.
-    """
-
-    def __init__(self, step: BackfillStep, chunk: Chunk, integer_key: bool):
-        self.batch, self.integer_key = step.batch, integer_key
-        self.rows = step.batch.rows
-        lo = chunk.lo[0] if chunk.lo is not None else None
-        hi = chunk.hi[0] if chunk.hi is not None else None
-        self.density = 1.0
-        if integer_key and lo is not None and hi is not None and hi > lo and chunk.rows_total:
-            self.density = max(chunk.rows_total / (hi - lo), 1e-9)
-
-    def next_upper(self, position: Key | None, hi: Key, nth_key: Any) -> tuple[Key, bool]:
-        """(upper key of the next batch, whether it is the chunk's last batch)."""
-        if self.integer_key and position is not None:
-            span = max(1, int(self.rows / self.density))
-            upper = min(hi[0], position[0] + span)
-            if self.batch.seconds is None:  # `rows` is a hard ceiling: skewed keys must not overfill a batch
-                nth = nth_key(self.rows)
-                if nth is not None and nth[0] < upper:
-                    upper = nth[0]
-            return (upper,), upper >= hi[0]
-        upper = nth_key(self.rows)
-        return (hi, True) if upper is None or upper == hi else (upper, False)
-
-    def observe(self, lower: Key | None, upper: Key, rows: int, seconds: float) -> None:
-        if self.integer_key and lower is not None and upper[0] > lower[0]:
-            if rows:
-                self.density = rows / (upper[0] - lower[0])
-            else:
-                self.density /= 4  # an empty stretch of keys: take bigger steps
-        if self.batch.seconds is None or rows == 0 or seconds <= 0:
-            return
-        wanted = rows / seconds * self.batch.seconds
-        # move at most 4x per batch, so one slow batch (a checkpoint fsync, a pause) doesn't swing sizes
-        self.rows = int(min(self.batch.max_rows, max(_MIN_BATCH_ROWS, min(wanted, self.rows * 4),
-                                                     self.rows / 4)))

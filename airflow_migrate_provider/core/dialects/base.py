@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
-import sqlparse
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -97,6 +96,8 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
 
     def split(self, sql: str) -> list[str]:
         """Split a SQL text into single statements (drivers like sqlite3 run one at a time)."""
+        import sqlparse  # only when a step's SQL is split (not at DAG-parse time)
+
         statements = [s.strip() for s in sqlparse.split(sql)]
         return [s.rstrip(";").rstrip() for s in statements if s and s.strip(";").strip()]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
@@ -13,10 +14,8 @@ from sqlalchemy.engine import Connection
 
 from airflow_migrate_provider.core.actions import ActionPlan, CopyRange, DeleteRows
 from airflow_migrate_provider.core.backfill.actions import backfill_actions, backfill_checksum
-from airflow_migrate_provider.core.backfill.runner import BackfillRunner
 from airflow_migrate_provider.core.backfill.state import Checkpoints
 from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.kinds.base import StepKind, TaskShape, TaskSpec
 from airflow_migrate_provider.core.kinds.registry import register
 from airflow_migrate_provider.core.ledger import BACKFILL_TABLE, HistoryRow, Ledger, checkpoints
@@ -25,11 +24,17 @@ from airflow_migrate_provider.core.summary import format_table
 from airflow_migrate_provider.errors import BackfillFailed, db_error_line
 from airflow_migrate_provider.plan.model import BackfillStep
 
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.backfill.runner import BackfillRunner
+    from airflow_migrate_provider.core.dialects import Dialect
+
 log = logging.getLogger(__name__)
 
 
 def runner_for(ctx: RunContext, step: BackfillStep) -> BackfillRunner:
     """The runner of a backfill step in this context, reading from the plan's source (else the target)."""
+    from airflow_migrate_provider.core.backfill.runner import BackfillRunner  # the copy engine: not at parse time
+
     return BackfillRunner(ctx.plan_id, step, ctx.source_or_target, ctx.engine, ctx.ledger, ctx.who, ctx.lock,
                           sleep=ctx.sleep, can_defer=ctx.can_defer)
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from airflow_migrate_provider.core.actions import ActionPlan
 from airflow_migrate_provider.core.step_result import StepResult
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from airflow_migrate_provider.core.actions import ActionPlan
     from airflow_migrate_provider.core.context import RunContext
     from airflow_migrate_provider.core.dialects import Dialect
     from airflow_migrate_provider.core.ledger import HistoryRow, Ledger
@@ -93,8 +93,9 @@ class StepKind(ABC, Generic[S]):
         return []
 
     def task_shape(self, step: S) -> TaskShape:
-        """The Airflow tasks the step needs; by default one task run by the kind's operator."""
-        return TaskShape((TaskSpec(step.id, self.operator, describe=tuple(self.describe(step, None))),))  # type: ignore[attr-defined]
+        """The Airflow tasks the step needs; by default one task run by the kind's operator (what it does is
+        :meth:`describe`, asked only when rendering)."""
+        return TaskShape((TaskSpec(step.id, self.operator),))  # type: ignore[attr-defined]
 
     def describe(self, step: S, dialect: Dialect | None) -> list[str]:
         """Lines for ``airflow-migrate render``: by default the rendered actions."""

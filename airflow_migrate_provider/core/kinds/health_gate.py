@@ -7,17 +7,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_migrate_provider.core.actions import Action, ActionPlan, HttpCall, SampleMetric
 from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.kinds.base import StepKind
 from airflow_migrate_provider.core.kinds.registry import register
 from airflow_migrate_provider.core.step_result import StepResult
 from airflow_migrate_provider.core.verify import gate
 from airflow_migrate_provider.errors import VerificationFailed
 from airflow_migrate_provider.plan.model import HealthGateStep
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
 
 log = logging.getLogger(__name__)
 

@@ -29,19 +29,21 @@ def register(kind_class: K) -> K:
     return kind_class
 
 
-def _load_builtins() -> None:
-    for name in BUILTIN_KINDS:
-        if name not in _KINDS:
+def _load_builtins(*names: str) -> None:
+    """Import the built-in kind modules (those named, else all); each registers itself on import."""
+    for name in names or BUILTIN_KINDS:
+        if name in BUILTIN_KINDS and name not in _KINDS:
             importlib.import_module(f"{_PACKAGE}.{name}")
 
 
 def kind_named(name: str) -> StepKind[Any]:
-    """The registered kind called ``name``."""
+    """The registered kind called ``name`` (only its own module is imported: DAG parsing stays cheap)."""
     if name not in _KINDS:
-        _load_builtins()
+        _load_builtins(name)
     try:
         return _KINDS[name]
     except KeyError:
+        _load_builtins()
         raise UnknownStepKind(f"no step kind '{name}' is registered (known: {', '.join(sorted(_KINDS))}); "
                               f"a ledger row of a newer provider version? Upgrade the provider") from None
 

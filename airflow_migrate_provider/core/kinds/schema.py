@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, CursorResult
 
 from airflow_migrate_provider.core.actions import ActionPlan, Check, RunSql
-from airflow_migrate_provider.core.backup.touched import tables_written_by_sql
 from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.kinds.base import StepKind, digest
 from airflow_migrate_provider.core.kinds.registry import register
 from airflow_migrate_provider.core.ledger import HistoryRow
@@ -28,6 +26,9 @@ from airflow_migrate_provider.errors import (
     db_error_line,
 )
 from airflow_migrate_provider.plan.model import SchemaStep
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
 
 log = logging.getLogger(__name__)
 FALSY_TEXT = {"", "0", "f", "false", "no", "n", "off"}
@@ -99,6 +100,8 @@ class SchemaKind(StepKind[SchemaStep]):
         return step.irreversible
 
     def touched_tables(self, step: SchemaStep, dialect: str) -> list[str]:
+        from airflow_migrate_provider.core.backup.touched import tables_written_by_sql  # sqlglot: not at parse time
+
         return tables_written_by_sql(step.id, step.up, dialect)
 
     def checklist(self, step: SchemaStep) -> list[str]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from airflow_migrate_provider.core.actions import ActionPlan, CompareRows
 from airflow_migrate_provider.core.context import RunContext
-from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.kinds.base import StepKind
 from airflow_migrate_provider.core.kinds.registry import register
 from airflow_migrate_provider.core.step_result import StepResult
 from airflow_migrate_provider.errors import VerificationFailed
 from airflow_migrate_provider.plan.model import VerifyStep
+
+if TYPE_CHECKING:
+    from airflow_migrate_provider.core.dialects import Dialect
 
 log = logging.getLogger(__name__)
 

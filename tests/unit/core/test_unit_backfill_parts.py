@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+from airflow_migrate_provider.core.backfill.batching import BatchSizer, lagged
 from airflow_migrate_provider.core.backfill.progress import Progress
-from airflow_migrate_provider.core.backfill.runner import BatchSizer, _lagged
 from airflow_migrate_provider.core.backfill.state import Chunk, PhaseState, dumps, loads
 from airflow_migrate_provider.plan.model import BackfillStep
 
@@ -86,12 +86,12 @@ def test_non_integer_keys_take_bounds_from_the_source() -> None:
 
 def test_watermark_lag_applies_to_timestamps_only() -> None:
     at = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-    assert _lagged(at, 60) == at - timedelta(minutes=1)
-    assert _lagged("2026-01-01 12:00:00", 60) == "2026-01-01 11:59:00"  # SQLite text timestamps keep their form
-    assert _lagged("2026-01-01T12:00:00", 60) == "2026-01-01T11:59:00"
-    assert _lagged(42, 60) == 42  # a version counter: no lag
-    assert _lagged(None, 60) is None
-    assert _lagged(at, 0) == at
+    assert lagged(at, 60) == at - timedelta(minutes=1)
+    assert lagged("2026-01-01 12:00:00", 60) == "2026-01-01 11:59:00"  # SQLite text timestamps keep their form
+    assert lagged("2026-01-01T12:00:00", 60) == "2026-01-01T11:59:00"
+    assert lagged(42, 60) == 42  # a version counter: no lag
+    assert lagged(None, 60) is None
+    assert lagged(at, 0) == at
 
 
 def test_progress_lines_carry_counts_rate_and_eta(caplog) -> None:
