@@ -41,7 +41,13 @@ from airflow_migrate_provider.core.backfill.throttle import Throttle
 from airflow_migrate_provider.core.dialects import dialect_for
 from airflow_migrate_provider.core.ledger import HistoryRow, Ledger, RunIdentity
 from airflow_migrate_provider.core.step_result import LockCheck, NoLockCheck, StepResult
-from airflow_migrate_provider.errors import BackfillFailed, BackfillSpecError, ChecksumMismatch, db_error_line
+from airflow_migrate_provider.errors import (
+    BackfillFailed,
+    BackfillSpecError,
+    ChecksumMismatch,
+    TransientBackfillFailed,
+    db_error_line,
+)
 from airflow_migrate_provider.plan.model import BackfillStep
 
 log = logging.getLogger(__name__)
@@ -271,10 +277,9 @@ class BackfillRunner:
         try:
             return work()
         except sa_exc.SQLAlchemyError as exc:
-            transient = self.target_dialect.is_transient(exc) or self.source_dialect.is_transient(exc)
-            raise BackfillFailed(
+            raise BackfillFailed.from_db_error(
                 f"{self.where}: a batch failed and was rolled back (the checkpoint is unchanged, nothing is lost "
-                f"or duplicated): {db_error_line(exc)}", transient=transient) from exc
+                f"or duplicated): {db_error_line(exc)}", exc, self.target_dialect, self.source_dialect) from exc
 
     def _finish_chunks(self) -> None:
         with self.target.connect() as conn:
@@ -370,8 +375,8 @@ class BackfillRunner:
         t0 = time.monotonic()
 
         def could_not_lock(exc: Exception) -> BaseException:
-            return BackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
-                                  f"{step.max_lock_seconds:g} s: {db_error_line(exc)}", transient=True)
+            return TransientBackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
+                                           f"{step.max_lock_seconds:g} s: {db_error_line(exc)}")
 
         with self.source_dialect.write_lock(lock_engine, spec.lock_names, step.max_lock_seconds,
                                             failed=could_not_lock) as lconn:

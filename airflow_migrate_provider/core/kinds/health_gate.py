@@ -95,9 +95,6 @@ class HealthGateKind(StepKind[HealthGateStep]):
                           [f"held for {step.window_seconds:g} s ({watch.samples} samples)"],
                           {"step": step.id, "passed": True, "samples": watch.samples, "last": watch.last})
 
-    def verify(self, ctx: RunContext, step: HealthGateStep) -> StepResult:
-        return StepResult(step.id, "verified", 0.0, 0, [f"{self.name} step: checked by its own task"])
-
     def _record(self, ctx: RunContext, step: HealthGateStep, status: str, details: dict[str, Any]) -> None:
         row_id, started = ctx.ledger.start(step.id, "apply", self.checksum(step),
                                            self.plan_actions(step, ctx.dialect), ctx.who)

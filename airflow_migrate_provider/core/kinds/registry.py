@@ -21,6 +21,8 @@ K = TypeVar("K", bound=type[StepKind[Any]])
 
 def register(kind_class: K) -> K:
     """Class decorator: make ``kind_class`` the kind for steps with ``kind: <kind_class.name>``."""
+    if not kind_class.read_only and kind_class.verify is StepKind.verify:
+        raise TypeError(f"step kind '{kind_class.name}' changes data: it must implement verify()")
     existing = _KINDS.get(kind_class.name)
     if existing is not None and type(existing) is not kind_class:
         raise ValueError(f"step kind '{kind_class.name}' is registered twice ({type(existing).__name__}, "
