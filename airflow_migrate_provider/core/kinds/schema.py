@@ -12,11 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, CursorResult
 
-from airflow_migrate_provider.core.actions import ActionPlan, Check, RunSql
-from airflow_migrate_provider.core.context import RunContext
 from airflow_migrate_provider.core.kinds.base import StepKind, digest
 from airflow_migrate_provider.core.kinds.registry import register
-from airflow_migrate_provider.core.ledger import HistoryRow
 from airflow_migrate_provider.core.step_result import StepResult
 from airflow_migrate_provider.errors import (
     ChecksumMismatch,
@@ -28,7 +25,10 @@ from airflow_migrate_provider.errors import (
 from airflow_migrate_provider.plan.model import SchemaStep
 
 if TYPE_CHECKING:
+    from airflow_migrate_provider.core.actions import ActionPlan
+    from airflow_migrate_provider.core.context import RunContext
     from airflow_migrate_provider.core.dialects import Dialect
+    from airflow_migrate_provider.core.ledger import HistoryRow
 
 log = logging.getLogger(__name__)
 FALSY_TEXT = {"", "0", "f", "false", "no", "n", "off"}
@@ -68,6 +68,8 @@ def _norm(sqls: list[str]) -> list[str]:
 
 def actions_for(step: SchemaStep, dialect: Dialect) -> ActionPlan:
     """The statements a step runs on ``dialect``, in order, and those that undo it."""
+    from airflow_migrate_provider.core.actions import ActionPlan, Check, RunSql
+
     def split_all(sqls: list[str]) -> list[RunSql]:
         return [RunSql(stmt) for sql in sqls for stmt in dialect.split(sql)]
 
