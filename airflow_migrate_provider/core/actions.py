@@ -92,10 +92,12 @@ class CopyRange(Action):
     columns: tuple[tuple[str, str], ...] = ()  # (target column, source expression) for renamed/transformed ones
     filter: str | None = None
     phase: str = "history"  # history | recent | final
+    resolved: bool = False  # ``columns`` lists every target column (known once the tables were read)
 
     def batch_query(self) -> str:
         items = [f"{_flat(expr)} AS {name}" for name, expr in self.columns]
-        items.append(f"<every other column of {self.target}, by name>")
+        if not self.resolved:
+            items.append(f"<every other column of {self.target}, by name>")
         key = self.key[0] if len(self.key) == 1 else f"({', '.join(self.key)})"
         where = [f"{key} > :last_key", f"{key} <= :batch_end", *([f"({self.filter})"] if self.filter else [])]
         return f"SELECT {', '.join(items)} FROM {self.source} WHERE {' AND '.join(where)}"

@@ -92,3 +92,21 @@ def test_a_run_applied_by_the_older_version_is_reverted_from_its_rows(engine: En
         assert conn.exec_driver_sql("SELECT count(*) FROM users_v2").scalar() == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM users").scalar() == 2
     assert ledger.applied() == {}
+
+
+def test_a_backfill_records_every_column_it_copies(engine: Engine) -> None:
+    from airflow_migrate_provider.core.actions import CopyRange
+    from tests.integration.test_lifecycle_kinds import seed_users
+
+    seed_users(engine)
+    ledger = Ledger(engine, PLAN.id)
+    ledger.ensure()
+    runner = StepRunner(engine, dialect_for(engine), ledger, RunIdentity("fmt2", "new_run"), plan=PLAN)
+    runner.apply(PLAN.step("copy_users"))
+
+    recorded = ledger.applied()["copy_users"].actions
+    assert recorded.format == 2 and recorded.kind == "backfill"
+    copies = [a for a in recorded.do if isinstance(a, CopyRange)]
+    assert [c.phase for c in copies] == ["history", "recent", "final"]
+    assert all(c.resolved and [name for name, _ in c.columns] == ["id", "email", "updated_at"] for c in copies)
+    assert "<every other column" not in "\n".join(recorded.render())

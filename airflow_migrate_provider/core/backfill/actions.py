@@ -13,12 +13,14 @@ def backfill_checksum(step: BackfillStep) -> str:
                                                         "append_only"}))
 
 
-def backfill_actions(step: BackfillStep) -> ActionPlan:
+def backfill_actions(step: BackfillStep, resolved: list[tuple[str, str]] | None = None) -> ActionPlan:
     """Phase 1 by key range, phase 2 (recent rows), phase 3 under a write lock; undone by emptying the target
-    (it must be empty when the backfill begins)."""
+    (it must be empty when the backfill begins). ``resolved``: every target column and the source expression
+    it is read from, once the tables were read (what the ledger records), else the plan's own ``columns``."""
     source = step.source.table or f"({' '.join((step.source.query or '').split())}) AS src"
     copy = {"source": source, "target": step.target, "key": tuple(step.key),
-            "columns": tuple(step.columns.items()), "filter": step.source.filter}
+            "columns": tuple(resolved if resolved is not None else step.columns.items()),
+            "filter": step.source.filter, "resolved": resolved is not None}
     do: list[Action] = [CopyRange(**copy, phase="history")]
     if step.phases.recent:
         do.append(CopyRange(**copy, phase="recent"))

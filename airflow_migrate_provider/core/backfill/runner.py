@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_migrate_provider.core.actions import ActionPlan
 from airflow_migrate_provider.core.backfill.actions import backfill_actions, backfill_checksum
 from airflow_migrate_provider.core.backfill.batching import (
     MIN_BATCH_ROWS,
@@ -95,6 +96,10 @@ class BackfillRunner:
 
     def _history(self) -> HistoryRow | None:
         return self.ledger.applied().get(self.step.id)
+
+    def _recorded_actions(self) -> ActionPlan:
+        """The step's actions with every column it copies, as resolved against the real tables."""
+        return backfill_actions(self.step, [(c.name, c.source_expr) for c in self.spec.columns])
 
     def _scalar(self, engine: Engine, sql: str, params: dict[str, Any] | None = None) -> Any:
         with engine.connect() as conn:
@@ -168,7 +173,7 @@ class BackfillRunner:
         phase = PhaseState(high_water=high_water, cutoff=cutoff)
         try:
             with self.target.begin() as conn:
-                row_id, _ = self.ledger.start(self.step.id, "apply", checksum, backfill_actions(self.step), self.who,
+                row_id, _ = self.ledger.start(self.step.id, "apply", checksum, self._recorded_actions(), self.who,
                                               conn=conn)
                 self.ledger.record_progress(row_id, 1, conn=conn)  # data may now change: it counts as applied
                 self.checkpoints.create(conn, phase, chunks, self.who.run_id)
