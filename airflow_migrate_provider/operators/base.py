@@ -77,9 +77,9 @@ class MigrationOperator(BaseOperator):
 
     def open_source(self) -> Engine | None:
         """The source database's engine, or None when the plan's source is its target."""
-        conn_id = self.plan.connections.separate_source
         from airflow_migrate_provider.hooks.migration import MigrationHook
 
+        conn_id = self.plan.connections.separate_source
         return MigrationHook(conn_id).get_engine() if conn_id else None
 
     @contextmanager
