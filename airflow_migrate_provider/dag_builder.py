@@ -66,10 +66,9 @@ def template_safe(text: str) -> str:
     return text.replace("{", "{{ '{' }}")
 
 
-def _approval(plan: Plan, task: GraphTask) -> Any:
+def _approval(plan: Plan, step: Any, task: GraphTask) -> Any:
     from airflow.providers.standard.operators.hitl import ApprovalOperator  # only plans with a point of no return
 
-    step = next(s for s in plan.steps if s.id == task.args["step_id"])
     backup_line = ("Backup: `{{ ti.xcom_pull(task_ids='" + BACKUP_TASK + "')['backup_id'] }}` (verified)."
                    if plan.backup else "No backup is declared in the plan.")
     body = (f"Step **`{step.id}`** of plan `{plan.id}` is **irreversible**: "
@@ -123,7 +122,10 @@ class _Builder:
     def build(self, task: GraphTask) -> Any:
         with ExitStack() as stack:
             self._group(stack, task)
-            built = _approval(self.plan, task) if task.operator == "ApprovalOperator" else self._operator(task)
+            if task.operator == "ApprovalOperator":
+                built = _approval(self.plan, self.steps[task.args["step_id"]], task)
+            else:
+                built = self._operator(task)
         self.built[task.task_id] = built
         return built
 

@@ -7,6 +7,7 @@ recorded in a ledger row), and the kind does the work.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
@@ -63,8 +64,7 @@ class StepRunner:
         """The runner of a backfill step (its phases one by one), with ``sleep`` / ``can_defer`` overrides."""
         from airflow_migrate_provider.core.kinds.backfill import runner_for
 
-        ctx = RunContext(**{**self.ctx.__dict__, **options})
-        return runner_for(ctx, step)
+        return runner_for(replace(self.ctx, **options), step)
 
     # -- one step -----------------------------------------------------------------------------------
     def apply(self, step: Any) -> StepResult:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from airflow_migrate_provider.core.dialects import is_transient
 from airflow_migrate_provider.core.verify.base import CheckResult, Difference
 from airflow_migrate_provider.errors import HealthCheckError, db_error_line
 from airflow_migrate_provider.masking import mask_text, mask_uri
@@ -162,7 +163,7 @@ class HealthGate:
                 row = conn.exec_driver_sql(metric.sql, execution_options={"no_parameters": True}).first()
         except Exception as exc:
             raise HealthCheckError(f"metric '{metric.name}': query on the {self.database} database failed: "
-                                   f"{mask_text(db_error_line(exc))}", metric.name, _transient(engine, exc)) from exc
+                                   f"{mask_text(db_error_line(exc))}", metric.name, is_transient(engine, exc)) from exc
         if row is None:
             raise HealthCheckError(f"metric '{metric.name}': query returned no row", metric.name)
         return row[0]
@@ -261,8 +262,3 @@ def _number(metric: Metric, value: Any, what: str) -> float:
 def _values_text(values: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in values.items())
 
-
-def _transient(engine: Engine, exc: BaseException) -> bool:
-    from airflow_migrate_provider.core.dialects import is_transient
-
-    return is_transient(engine, exc)

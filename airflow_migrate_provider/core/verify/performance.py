@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection, Engine
 
+from airflow_migrate_provider.core.dialects import is_transient
 from airflow_migrate_provider.core.verify.base import MAX_REPORTED, CheckResult, Difference
 from airflow_migrate_provider.errors import BenchmarkError, db_error_line
 from airflow_migrate_provider.masking import mask_text
@@ -143,7 +144,7 @@ def _run_once(name: str, side: str, conn: Connection, sql: str) -> float:
         with contextlib.suppress(Exception):
             _rollback(conn)
         raise BenchmarkError(f"benchmark query '{name}' failed on the {side}: {mask_text(db_error_line(exc))}\n"
-                             f"  query: {sql.strip()[:500]}", query=name, transient=_transient(conn, exc)) from exc
+                             f"  query: {sql.strip()[:500]}", query=name, transient=is_transient(conn, exc)) from exc
     _rollback(conn)
     return elapsed
 
@@ -152,8 +153,3 @@ def _rollback(conn: Connection) -> None:
     if conn.in_transaction():
         conn.rollback()
 
-
-def _transient(conn: Connection, exc: BaseException) -> bool:
-    from airflow_migrate_provider.core.dialects import is_transient
-
-    return is_transient(conn, exc)

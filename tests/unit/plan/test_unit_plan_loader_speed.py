@@ -11,17 +11,7 @@ import yaml
 from airflow_migrate_provider.errors import PlanError
 from airflow_migrate_provider.plan import loader
 from airflow_migrate_provider.plan.loader import parse_plan, validated_plan
-
-VALID = """\
-id: add_prefs
-connections:
-  target: app_db
-steps:
-  - id: create_table
-    up: CREATE TABLE t (a int)
-    down: DROP TABLE t
-    verify: SELECT 1
-"""
+from tests.unit.plan.test_unit_plan_loader import VALID
 
 
 def test_libyaml_is_used_where_pyyaml_has_it() -> None:
