@@ -23,7 +23,7 @@ and come back later") is a separate root, so ``except MigrateError`` never swall
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import exc as sa_exc
 
@@ -270,6 +270,42 @@ class BackfillFailed(MigrateError):
 class TransientBackfillFailed(BackfillFailed, TransientError):
     """A backfill phase stopped where retrying can succeed: throttled too long, a lock not granted in time,
     a connection lost. The copy resumes from its last checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------- dual-write
+
+
+class CaptureError(MigrateError):
+    """Change capture cannot start or went wrong: a table without a primary key, a change table another run left,
+    capture triggers missing, a replay the database rejects, a lag that never came under its threshold."""
+
+
+class TransientCaptureError(CaptureError, TransientError):
+    """A capture or replay step stopped where retrying can succeed (connection lost, lock timeout); the replay
+    resumes from its checkpoint."""
+
+
+class CutoverFailed(MigrateError):
+    """A cutover stopped: the lock held past its budget, counts or checksums differ at the lock's snapshot, a
+    switch or smoke check failed, the window closed. Rollback switches back (if it switched) and replays back."""
+
+    def __new__(cls, message: str, transient: bool | None = None) -> CutoverFailed:
+        return super().__new__(_variant(cls, TransientCutoverFailed, transient))
+
+    def __init__(self, message: str, transient: bool | None = None):
+        super().__init__(message)
+
+
+class TransientCutoverFailed(CutoverFailed, TransientError):
+    """A cutover could not take its lock in time or lost a connection before switching: a retry can succeed."""
+
+
+class CutoverDeferral(ControlFlow):
+    """The cutover window is closed (or too close to closing): under Airflow, wait deferred until ``until``."""
+
+    def __init__(self, until: Any, why: str):
+        self.until, self.why = until, why
+        super().__init__(why)
 
 
 # ---------------------------------------------------------------------------------------------- backup

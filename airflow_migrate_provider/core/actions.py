@@ -186,6 +186,86 @@ class HttpCall(Action):
 
 
 @dataclass(frozen=True)
+class CaptureChanges(Action):
+    """Install triggers that record every insert, update and delete of ``table`` (by key) in ``change_table``."""
+
+    type: ClassVar[str] = "capture_changes"
+    table: str
+    change_table: str
+    trigger: str
+    key: tuple[str, ...]
+    database: str = "source"
+
+    def render(self) -> str:
+        return (f"-- capture every insert/update/delete of {self.table} ({self.database}) by key "
+                f"({', '.join(self.key)}) into {self.change_table}, by triggers {self.trigger}_*")
+
+    def reverse(self) -> list[Action]:
+        return [DropCapture(self.table, self.change_table, self.trigger, self.key, self.database)]
+
+
+@dataclass(frozen=True)
+class DropCapture(Action):
+    """Drop a capture's triggers and its change table."""
+
+    type: ClassVar[str] = "drop_capture"
+    table: str
+    change_table: str
+    trigger: str
+    key: tuple[str, ...]
+    database: str = "source"
+
+    def render(self) -> str:
+        return f"-- drop the capture triggers {self.trigger}_* on {self.table} and the change table {self.change_table}"
+
+
+@dataclass(frozen=True)
+class ReplayChanges(Action):
+    """Bring every key named in ``change_table`` to its current state in ``target``, in checkpointed batches."""
+
+    type: ClassVar[str] = "replay_changes"
+    change_table: str
+    source: str
+    target: str
+
+    def render(self) -> str:
+        return (f"-- replay {self.change_table} into {self.target}: for each batch of captured keys, delete the "
+                f"rows gone from {self.source}, upsert the others through the transform")
+
+    def reverse(self) -> list[Action]:
+        return []  # undone with the rows of the table it fills
+
+
+@dataclass(frozen=True)
+class Switch(Action):
+    """Move the application's reads (and writes) to the new table; ``back`` describes the way back."""
+
+    type: ClassVar[str] = "switch_reads"
+    how: str  # view | rename | variable | http
+    detail: str
+    back: str
+
+    def render(self) -> str:
+        return f"-- switch reads ({self.how}): {self.detail}"
+
+    def reverse(self) -> list[Action]:
+        return [Note(f"switch back ({self.how}): {self.back}")]
+
+
+@dataclass(frozen=True)
+class GuardWrites(Action):
+    """Make a table refuse writes (read-only trigger; optionally REVOKE from roles)."""
+
+    type: ClassVar[str] = "guard_writes"
+    table: str
+    roles: tuple[str, ...] = ()
+
+    def render(self) -> str:
+        roles = f"; REVOKE INSERT, UPDATE, DELETE FROM {', '.join(self.roles)}" if self.roles else ""
+        return f"-- make {self.table} read-only (a trigger refuses writes){roles}"
+
+
+@dataclass(frozen=True)
 class Note(Action):
     """Free text kept for the record (e.g. a legacy ledger row's description)."""
 

@@ -29,6 +29,12 @@ from airflow_migrate_provider.plan.steps.backfill import (  # noqa: F401
     BatchSize,
     ThrottleRule,
 )
+from airflow_migrate_provider.plan.steps.cutover import (  # noqa: F401
+    CutoverStep,
+    CutoverWindow,
+    SwitchReads,
+)
+from airflow_migrate_provider.plan.steps.dual_write import DualWriteSource, DualWriteStep  # noqa: F401
 from airflow_migrate_provider.plan.steps.health_gate import (  # noqa: F401
     HealthGateStep,
     HealthMetricSpec,
@@ -155,7 +161,8 @@ def _step_kind(value: Any) -> str | None:
 
 # The plan model of each step kind (plan/steps/<kind>.py); its behaviour is core/kinds/<kind>.py.
 STEP_MODELS: dict[str, type[StrictModel]] = {"schema": SchemaStep, "backfill": BackfillStep, "verify": VerifyStep,
-                                             "health_gate": HealthGateStep}
+                                             "health_gate": HealthGateStep, "dual_write": DualWriteStep,
+                                             "cutover": CutoverStep}
 Step = Annotated[
     Union[tuple(Annotated[model, Tag(kind)] for kind, model in STEP_MODELS.items())],  # type: ignore[valid-type]  # noqa: UP007
     Discriminator(_step_kind),
@@ -205,7 +212,16 @@ class Plan(StrictModel):
             )
         return self
 
-    def step(self, step_id: str) -> SchemaStep | BackfillStep | VerifyStep | HealthGateStep:
+    @model_validator(mode="after")
+    def _steps_fit_the_plan(self) -> Plan:
+        """Checks a step can only make in its plan (another step it names, the connections it needs)."""
+        for position, step in enumerate(self.steps):
+            check = getattr(step, "check_in_plan", None)
+            if check is not None:
+                check(self, position)
+        return self
+
+    def step(self, step_id: str) -> Any:
         for s in self.steps:
             if s.id == step_id:
                 return s

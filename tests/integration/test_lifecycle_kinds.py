@@ -79,6 +79,16 @@ CASES: dict[str, LifecycleCase] = {
     key: [id]
     checks: [row_counts, schemas, data_sample, checksums]
 """, changes_data=False),
+    "dual_write": LifecycleCase("""
+  - id: sync_users
+    kind: dual_write
+    source: {table: users}
+    target: users_v2
+    key: id
+    chunks: 2
+    batch: {rows: 70, seconds: null}
+    catch_up: {max_lag_changes: 0, timeout_minutes: 1}
+"""),
     "health_gate": LifecycleCase("""
   - id: app_healthy
     kind: health_gate

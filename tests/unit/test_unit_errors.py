@@ -65,8 +65,12 @@ RETRY: dict[str, bool] = {
     "TransientBenchmarkError": True,
     "HealthCheckError": False,
     "TransientHealthCheckError": True,
+    "CaptureError": False,
+    "TransientCaptureError": True,
+    "CutoverFailed": False,
+    "TransientCutoverFailed": True,
 }
-CONTROL_FLOW = {"ControlFlow", "ThrottleDeferral"}
+CONTROL_FLOW = {"ControlFlow", "ThrottleDeferral", "CutoverDeferral"}
 
 
 def classes_of_errors_module() -> list[type[BaseException]]:

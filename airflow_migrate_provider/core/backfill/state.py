@@ -153,7 +153,7 @@ class Checkpoints:
                      .values(phase_state=phase.to_json(), updated_at=utcnow()))
 
     def chunks(self, conn: Connection) -> list[Chunk]:
-        rows = conn.execute(select(checkpoints).where(self._mine(), checkpoints.c.chunk != STEP_ROW)
+        rows = conn.execute(select(checkpoints).where(self._mine(), checkpoints.c.chunk >= 0)
                             .order_by(checkpoints.c.chunk)).all()
         return [Chunk(r.chunk, loads(r.lo), loads(r.hi), loads(r.position), r.rows_total, r.rows_copied,
                       r.status) for r in rows]

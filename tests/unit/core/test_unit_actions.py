@@ -8,14 +8,19 @@ from airflow_migrate_provider.core.actions import (
     _ACTION_TYPES,
     Action,
     ActionPlan,
+    CaptureChanges,
     Check,
     CompareRows,
     CopyRange,
     DeleteRows,
+    DropCapture,
+    GuardWrites,
     HttpCall,
     Note,
+    ReplayChanges,
     RunSql,
     SampleMetric,
+    Switch,
     WriteLock,
 )
 from airflow_migrate_provider.core.dialects import dialect_named
@@ -32,7 +37,18 @@ EXAMPLES: list[Action] = [
     SampleMetric("error_rate", "SELECT 0.0"),
     HttpCall("GET", "https://app.example/health?token=secret", "latency"),
     Note("free text"),
+    CaptureChanges("users", "am_chg_1", "am_cap_1", ("id",)),
+    DropCapture("users", "am_chg_1", "am_cap_1", ("id",)),
+    ReplayChanges("am_chg_1", "users", "users_v2"),
+    Switch("rename", "users → users_old, users_v2 → users", "users → users_v2, users_old → users"),
+    GuardWrites("users_old", ("app",)),
 ]
+
+
+def test_capture_reverses_to_dropping_it() -> None:
+    capture = CaptureChanges("users", "am_chg_1", "am_cap_1", ("id",))
+    assert capture.reverse() == [DropCapture("users", "am_chg_1", "am_cap_1", ("id",))]
+    assert "am_chg_1" in capture.render()
 
 
 def test_every_action_type_has_an_example() -> None:
@@ -96,6 +112,11 @@ PLAN = make_plan("""
   - id: h
     kind: health_gate
     metrics: [{name: error_rate, sql: SELECT 0}]
+  - id: dw
+    kind: dual_write
+    source: {table: users}
+    target: users_v2
+    key: id
 """)
 
 

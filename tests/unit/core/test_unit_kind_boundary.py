@@ -14,9 +14,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "airflow_migrate_provider"
 # where a kind is defined: its behaviour, its engine, its plan model, and the ledger's format-1 reader
-KIND_HOMES = ("core/kinds/", "core/backfill/", "core/verify/", "plan/", "core/actions.py")
-STEP_MODELS = {"SchemaStep", "BackfillStep", "VerifyStep", "HealthGateStep", "READ_ONLY_KINDS", "STEP_KINDS"}
-KIND_NAMES = {"schema", "backfill", "verify", "health_gate"}
+KIND_HOMES = ("core/kinds/", "core/backfill/", "core/verify/", "core/capture/", "plan/", "core/actions.py")
+STEP_MODELS = {"SchemaStep", "BackfillStep", "VerifyStep", "HealthGateStep", "DualWriteStep", "CutoverStep",
+               "READ_ONLY_KINDS", "STEP_KINDS"}
+KIND_NAMES = {"schema", "backfill", "verify", "health_gate", "dual_write", "cutover"}
 
 
 def _modules() -> list[Path]:

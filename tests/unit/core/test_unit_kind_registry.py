@@ -21,8 +21,8 @@ def test_every_plan_step_model_has_a_registered_kind_and_back() -> None:
 
 
 def test_an_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(UnknownStepKind, match=r"no step kind 'dual_write' is registered \(known: backfill, "):
-        kind_named("dual_write")
+    with pytest.raises(UnknownStepKind, match=r"no step kind 'teleport' is registered \(known: backfill, "):
+        kind_named("teleport")
 
 
 def test_a_data_changing_kind_must_implement_verify() -> None:

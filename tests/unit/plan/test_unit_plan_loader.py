@@ -337,8 +337,8 @@ def test_irreversible_step_with_down_is_rejected() -> None:
 
 
 def test_unknown_step_kind() -> None:
-    problem = only_problem(VALID + "    kind: dual_write\n")
-    assert "unknown step kind 'dual_write'" in problem.message
+    problem = only_problem(VALID + "    kind: teleport\n")
+    assert "unknown step kind 'teleport'" in problem.message
     assert "'schema'" in problem.message and "'backfill'" in problem.message  # the kinds that do exist
     assert where(problem) == (5, 5)
 
