@@ -51,6 +51,7 @@ class RunContext:
     plan_dir: Path | None = None  # the plan file's folder, for relative paths in it
     sleep: Callable[[float], Any] = time.sleep
     can_defer: bool = False  # the caller can turn a long pause into a deferral (Airflow)
+    variables: Any = None  # where a cutover's `variable` switch reads and writes (Airflow Variables)
 
     @property
     def plan_id(self) -> str:

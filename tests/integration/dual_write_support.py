@@ -35,17 +35,54 @@ def create_same_layout(engine: Engine, table: str = "users_v2") -> None:
                              f"theme VARCHAR(20), notifications BOOLEAN NOT NULL)")
 
 
+# how the application writes each table layout: "old" (theme, notifications columns) or "new" (one JSON column)
+LAYOUTS = {
+    "old": {"key": "id", "insert": "INSERT INTO {t} (id, email, theme, notifications) VALUES (:k, :email, :theme, :n)",
+            "update": "UPDATE {t} SET theme = :theme, notifications = :n WHERE id = :k"},
+    "new_pg": {"key": "user_id",
+               "insert": "INSERT INTO {t} (user_id, email, preferences) VALUES (:k, :email, "
+                         "jsonb_build_object('theme', CAST(:theme AS text), 'notifications', CAST(:n AS boolean)))",
+               "update": "UPDATE {t} SET preferences = jsonb_build_object('theme', CAST(:theme AS text), "
+                         "'notifications', CAST(:n AS boolean)) WHERE user_id = :k"},
+    "new_sqlite": {"key": "id",
+                   "insert": "INSERT INTO {t} (id, email, preferences) VALUES (:k, :email, json_object('theme', "
+                             ":theme, 'notifications', json(CASE WHEN :n THEN 'true' ELSE 'false' END)))",
+                   "update": "UPDATE {t} SET preferences = json_object('theme', :theme, 'notifications', "
+                             "json(CASE WHEN :n THEN 'true' ELSE 'false' END)) WHERE id = :k"},
+}
+STATE_SQL = {
+    "old": "SELECT id, email, theme, notifications FROM {t}",
+    "new_pg": "SELECT user_id, email, preferences->>'theme', (preferences->>'notifications')::boolean FROM {t}",
+    "new_sqlite": "SELECT id, email, json_extract(preferences, '$.theme'), json_extract(preferences, "
+                  "'$.notifications') FROM {t}",
+}
+
+
+def seeded_model(rows: int = SEED_ROWS) -> dict[int, tuple[Any, ...]]:
+    return {i: (f"u{i}@example.com", "dark" if i % 3 else "light", i % 2 == 1) for i in range(1, rows + 1)}
+
+
+def table_state(engine: Engine, table: str, layout: str = "old") -> dict[int, tuple[Any, ...]]:
+    """key → (email, theme, notifications) as a table holds it, whatever its layout."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return {int(r[0]): (r[1], r[2], bool(r[3])) for r in conn.execute(text(STATE_SQL[layout].format(t=table)))}
+
+
 @dataclass
 class Writers:
-    """Threads writing to the old table like an application: inserts, updates (including key updates), deletes.
-    ``route()`` says which table a write goes to (it changes when the test switches the application over)."""
+    """Threads writing like an application: inserts, updates, key updates and deletes, each committed write
+    applied to ``model`` (key → values), so a test can prove the database holds every acknowledged write.
+    ``route()`` says where writes go now: (url, table, layout); it changes when the application is switched."""
 
     url: str
     threads: int = 2
     pause_s: float = 0.002
     table: str = "users"
-    route: Any = None  # callable → (url, table) of where writes go now; default: (url, table)
+    route: Any = None
     seed: int = 7
+    model: dict[int, tuple[Any, ...]] = field(default_factory=seeded_model)
     ops: dict[str, int] = field(default_factory=lambda: {"insert": 0, "update": 0, "key_update": 0, "delete": 0,
                                                           "error": 0})
     errors: list[str] = field(default_factory=list)
@@ -54,11 +91,6 @@ class Writers:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_id: int = NEW_IDS_FROM
 
-    def _new_id(self) -> int:
-        with self._lock:
-            self._next_id += 1
-            return self._next_id
-
     def _engine(self, url: str, cache: dict[str, Engine]) -> Engine:
         if url not in cache:
             cache[url] = create_engine(url)
@@ -66,27 +98,38 @@ class Writers:
         return cache[url]
 
     def _one(self, rng: random.Random, engines: dict[str, Engine]) -> None:
-        url, table = self.route() if self.route else (self.url, self.table)
+        from sqlalchemy import text
+
+        url, table, layout = self.route() if self.route else (self.url, self.table, "old")
+        sql, key = LAYOUTS[layout], LAYOUTS[layout]["key"]
         engine = self._engine(url, engines)
         op = rng.choices(["insert", "update", "key_update", "delete"], [4, 4, 1, 1])[0]
-        with engine.begin() as conn:
-            if op == "insert":
-                i = self._new_id()
-                conn.exec_driver_sql(f"INSERT INTO {table} (id, email, theme, notifications) VALUES "
-                                     f"({i}, 'n{i}@example.com', 'blue', TRUE)")
+        with self._lock:  # one write at a time: the model's order is the database's commit order
+            if op == "insert" or not self.model:
+                op = "insert"
+                self._next_id += 1
+                k, values = self._next_id, (f"n{self._next_id}@example.com", "blue", True)
             else:
-                row = conn.exec_driver_sql(f"SELECT id FROM {table} WHERE id >= {rng.randint(1, self._next_id)} "
-                                           f"ORDER BY id LIMIT 1").first()
-                if row is None:
-                    return
-                if op == "update":
-                    conn.exec_driver_sql(f"UPDATE {table} SET theme = 't{rng.randint(0, 999)}', notifications = "
-                                         f"NOT notifications WHERE id = {row[0]}")
+                k = rng.choice(list(self.model))
+            with engine.begin() as conn:
+                if op == "insert":
+                    conn.execute(text(sql["insert"].format(t=table)),
+                                 {"k": k, "email": values[0], "theme": values[1], "n": values[2]})
+                elif op == "update":
+                    values = (self.model[k][0], f"t{rng.randint(0, 999)}", not self.model[k][2])
+                    conn.execute(text(sql["update"].format(t=table)), {"k": k, "theme": values[1], "n": values[2]})
                 elif op == "key_update":
-                    conn.exec_driver_sql(f"UPDATE {table} SET id = {self._new_id()} WHERE id = {row[0]}")
+                    self._next_id += 1
+                    conn.execute(text(f"UPDATE {table} SET {key} = :new WHERE {key} = :k"),
+                                 {"new": self._next_id, "k": k})
                 else:
-                    conn.exec_driver_sql(f"DELETE FROM {table} WHERE id = {row[0]}")
-        with self._lock:
+                    conn.execute(text(f"DELETE FROM {table} WHERE {key} = :k"), {"k": k})
+            if op == "insert" or op == "update":
+                self.model[k] = values
+            elif op == "key_update":
+                self.model[self._next_id] = self.model.pop(k)
+            else:
+                del self.model[k]
             self.ops[op] += 1
 
     def _run(self, seed: int) -> None:
@@ -95,7 +138,7 @@ class Writers:
             while not self._stop.is_set():
                 try:
                     self._one(rng, engines)
-                except Exception as exc:  # a write refused (read-only old table, a lock wait): counted
+                except Exception as exc:  # a write refused (read-only old table, a lock wait): not in the model
                     with self._lock:
                         self.ops["error"] += 1
                         self.errors.append(str(exc).splitlines()[0][:200])
@@ -125,6 +168,18 @@ class Writers:
     @property
     def writes(self) -> int:
         return sum(v for k, v in self.ops.items() if k != "error")
+
+
+def assert_holds_every_write(writers: Writers, engine: Engine, table: str, layout: str = "old") -> int:
+    """The table holds exactly what the writers committed: 0 lost, 0 divergent, 0 resurrected rows."""
+    actual, expected = table_state(engine, table, layout), writers.model
+    missing = sorted(set(expected) - set(actual))[:5]
+    extra = sorted(set(actual) - set(expected))[:5]
+    wrong = sorted(k for k in set(expected) & set(actual) if expected[k] != actual[k])[:5]
+    assert not missing and not extra and not wrong, (
+        f"{len(expected)} rows expected, {len(actual)} found; missing {missing}, unexpected {extra}, differing "
+        f"{[(k, expected[k], actual[k]) for k in wrong]}")
+    return len(actual)
 
 
 def rows(engine: Engine, sql: str) -> list[tuple[Any, ...]]:

@@ -89,6 +89,20 @@ CASES: dict[str, LifecycleCase] = {
     batch: {rows: 70, seconds: null}
     catch_up: {max_lag_changes: 0, timeout_minutes: 1}
 """),
+    "cutover": LifecycleCase("""
+  - id: sync_users
+    kind: dual_write
+    source: {table: users}
+    target: users_v2
+    key: id
+    catch_up: {max_lag_changes: 0, timeout_minutes: 1}
+  - id: switch_users
+    kind: cutover
+    dual_write: sync_users
+    switch_reads: {rename: {old_table_becomes: users_old}}
+    approval: false
+    smoke: [{name: rows, sql: "SELECT count(*) = 300 FROM users"}]
+"""),
     "health_gate": LifecycleCase("""
   - id: app_healthy
     kind: health_gate
@@ -110,7 +124,7 @@ def test_lifecycle_apply_rollback_apply_complete(kind: str, engine: Engine) -> N
     case = CASES[kind]
     case.setup(engine)
     plan = make_plan(case.steps, plan_id=f"life_{kind}")
-    (step,) = plan.steps
+    *before_it, step = plan.steps  # the steps a kind builds on (a cutover's dual_write) come first
     assert kind_of(step).name == kind
     ledger = Ledger(engine, plan.id)
     ledger.ensure()
@@ -124,6 +138,8 @@ def test_lifecycle_apply_rollback_apply_complete(kind: str, engine: Engine) -> N
 
     # apply, then apply again: a no-op
     first = runner("r1")
+    for earlier in before_it:
+        first.apply(earlier)
     first.apply(step)
     applied = fingerprint(engine)
     assert (applied != before) is case.changes_data
@@ -133,7 +149,7 @@ def test_lifecycle_apply_rollback_apply_complete(kind: str, engine: Engine) -> N
 
     # rollback: the database is as before; a second rollback finds nothing to revert
     report = rollback_run(ledger, first, first.who)
-    assert [r.step_id for r in report.reverted] == [step.id]
+    assert [r.step_id for r in report.reverted] == [s.id for s in reversed(plan.steps)]
     assert fingerprint(engine) == before
     assert step.id not in ledger.applied()
     assert rollback_run(ledger, first, first.who).reverted == []
@@ -141,6 +157,8 @@ def test_lifecycle_apply_rollback_apply_complete(kind: str, engine: Engine) -> N
 
     # apply again, in a new run: the same result as the first time
     second = runner("r2")
+    for earlier in before_it:
+        second.apply(earlier)
     second.apply(step)
     assert fingerprint(engine) == applied
     second.apply(step)

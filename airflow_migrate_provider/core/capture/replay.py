@@ -93,11 +93,12 @@ class Replayer:
 
     ``step`` is a backfill-shaped description of the copy (source table, destination, key, transform), so a
     replay applies exactly the transform the history copy applied. ``slot`` tells the checkpoint rows of the
-    forward (-2) and reverse (-3) replays of one plan step apart.
+    forward (-2) and reverse (-3) replays of one plan step apart; None keeps no checkpoint row (the destination
+    is not the ledger's database: a replay back into the old one).
     """
 
     def __init__(self, plan_id: str, step: BackfillStep, names: CaptureNames, source: Engine, target: Engine,
-                 slot: int, label: str):
+                 slot: int | None, label: str):
         self.plan_id, self.step, self.names = plan_id, step, names
         self.source, self.target, self.slot, self.label = source, target, slot, label
         self.capture = capture_sql(dialect_for(source))
@@ -115,7 +116,9 @@ class Replayer:
         return self.spec.same_database and self.spec.tgt.single_writer
 
     # -- lag ----------------------------------------------------------------------------------------
-    def lag(self) -> tuple[int, float]:
+    def lag(self, within: Connection | None = None) -> tuple[int, float]:
+        if within is not None and self._shares_connection:
+            return self.capture.lag(within, self.names)
         with self.source.connect() as conn:
             found = self.capture.lag(conn, self.names)
             conn.rollback()
@@ -123,9 +126,13 @@ class Replayer:
 
     # -- one batch ----------------------------------------------------------------------------------
     @contextmanager
-    def _connections(self) -> Iterator[tuple[Connection, Connection]]:
-        """(source, target) connections; one and the same, in one transaction, for a single-writer database."""
+    def _connections(self, within: Connection | None) -> Iterator[tuple[Connection, Connection]]:
+        """(source, target) connections; one and the same, in one transaction, for a single-writer database
+        (``within``'s open transaction when given: the cutover's lock)."""
         if self._shares_connection:
+            if within is not None:
+                yield within, within
+                return
             with self.target.begin() as conn:
                 yield conn, conn
             return
@@ -177,11 +184,12 @@ class Replayer:
             conn.exec_driver_sql(f"DELETE FROM {table} WHERE seq IN ({', '.join(src.param(p) for p in params)})",
                                  params)
 
-    def replay_batch(self, limit: int) -> ReplayBatch | None:
-        """Replay the oldest ``limit`` changes; None when there are none."""
+    def replay_batch(self, limit: int, within: Connection | None = None) -> ReplayBatch | None:
+        """Replay the oldest ``limit`` changes; None when there are none. ``within``: on a single-writer
+        database, the open transaction to work in (it holds the database's write lock)."""
         t0 = time.monotonic()
         shared = self._shares_connection
-        with self._connections() as (sconn, tconn):
+        with self._connections(within) as (sconn, tconn):
             changes = self._read_changes(sconn, limit)
             if not changes:
                 return None
@@ -189,7 +197,8 @@ class Replayer:
             lo, hi = min(seqs), max(seqs)
             deleted = self._delete_keys(tconn, self._gone_keys(sconn, lo, hi))
             upserted = self._upsert_keys(sconn, tconn, lo, hi, shared)
-            self._checkpoint(tconn, len(seqs), upserted, deleted, hi)
+            if self.slot is not None:
+                self._checkpoint(tconn, len(seqs), upserted, deleted, hi)
             if shared:
                 self._forget(tconn, seqs)
         if not shared:
@@ -199,19 +208,20 @@ class Replayer:
 
     # -- many batches -------------------------------------------------------------------------------
     def replay_until(self, batch_changes: int, done: Callable[[int, float], bool], *, deadline: float | None = None,
-                     check: Callable[[], None] | None = None, every_s: float = 2.0) -> ReplayTotals:
+                     check: Callable[[], None] | None = None, every_s: float = 2.0,
+                     within: Connection | None = None) -> ReplayTotals:
         """Replay batches until ``done(lag_changes, lag_seconds)`` or the ``deadline`` (monotonic time);
         ``check`` runs before every batch (the run lock). Logs one line per batch, at most every ``every_s``."""
         totals = ReplayTotals()
-        totals.lag_changes, totals.lag_seconds = self.lag()
+        totals.lag_changes, totals.lag_seconds = self.lag(within)
         last_line = float("-inf")
         while not done(totals.lag_changes, totals.lag_seconds):
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if check is not None:
                 check()
-            batch = self.replay_batch(batch_changes)
-            totals.lag_changes, totals.lag_seconds = self.lag()
+            batch = self.replay_batch(batch_changes, within)
+            totals.lag_changes, totals.lag_seconds = self.lag(within)
             if batch is None:
                 if not done(totals.lag_changes, totals.lag_seconds):
                     time.sleep(0.05)  # writers' changes are not committed yet
@@ -227,9 +237,10 @@ class Replayer:
                          f"{totals.lag_changes:,}", totals.lag_seconds, eta)
         return totals
 
-    def drain(self, batch_changes: int, conn_check: Callable[[], None] | None = None) -> ReplayTotals:
+    def drain(self, batch_changes: int, check: Callable[[], None] | None = None,
+              within: Connection | None = None) -> ReplayTotals:
         """Replay until the change table is empty (as far as committed changes go)."""
-        return self.replay_until(batch_changes, lambda n, _age: n == 0, check=conn_check)
+        return self.replay_until(batch_changes, lambda n, _age: n == 0, check=check, within=within)
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def _checkpoint(self, tconn: Connection, changes: int, upserted: int, deleted: int, last_seq: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from airflow_migrate_provider.core.kinds.base import StepKind
 from airflow_migrate_provider.errors import UnknownStepKind
 
-BUILTIN_KINDS = ("schema", "backfill", "verify", "health_gate", "dual_write")
+BUILTIN_KINDS = ("schema", "backfill", "verify", "health_gate", "dual_write", "cutover")
 _PACKAGE = "airflow_migrate_provider.core.kinds"
 _KINDS: dict[str, StepKind[Any]] = {}
 

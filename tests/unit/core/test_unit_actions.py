@@ -117,6 +117,10 @@ PLAN = make_plan("""
     source: {table: users}
     target: users_v2
     key: id
+  - id: c
+    kind: cutover
+    dual_write: dw
+    switch_reads: {view: {name: users_live}}
 """)
 
 

@@ -1,0 +1,247 @@
+"""Cutover with the application live, against real databases: writers keep writing through capture, history,
+replay, the switch and the rollback; every write they were told succeeded must be in the table the application
+uses at the end — after the switch (the new table) and after a rollback (the old table again).
+
+Three pairings, three kinds of switch: SQLite in one file switched by renaming the tables, PostgreSQL in one
+database moving users into a new layout (user_preferences) switched by an Airflow Variable, and PostgreSQL to
+another PostgreSQL database switched by an HTTP feature flag."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import Engine
+
+from airflow_migrate_provider.core.context import RunContext
+from airflow_migrate_provider.core.dialects import dialect_for
+from airflow_migrate_provider.core.kinds import kind_named
+from airflow_migrate_provider.core.ledger import Ledger
+from airflow_migrate_provider.core.rollback import rollback_run
+from airflow_migrate_provider.core.steps import StepRunner
+from airflow_migrate_provider.errors import CutoverFailed
+from tests.integration.dual_write_support import Writers, assert_holds_every_write, create_same_layout, seed_users
+from tests.integration.migrate_it_support import make_plan, who
+
+
+class DictVariables:
+    """Airflow Variables stand-in: a dict."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+class FlagServer:
+    """A feature-flag service on loopback: POST /flag {"live": "new"|"old"}; the writers read ``live``."""
+
+    def __init__(self, fail_switch: bool = False) -> None:
+        self.live, self.fail_switch = "old", fail_switch
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if server.fail_switch and body.get("live") == "new":
+                    self.send_response(503)
+                else:
+                    server.live = body.get("live", server.live)
+                    self.send_response(200)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@dataclass
+class Pairing:
+    name: str
+    old: Engine
+    new: Engine
+    old_url: str
+    new_url: str
+    steps: str
+    route: Any  # writers' routing: () → (url, table, layout)
+    live_table: tuple[str, str]  # (table, layout) the application uses after the switch
+    old_table_after: str  # the old table's name after the switch
+    variables: Any = None
+    closers: list[Any] = field(default_factory=list)
+
+
+DUAL_WRITE = """
+  - id: sync_users
+    kind: dual_write
+    source: {{table: users}}
+    target: {target}
+    key: {key}
+    columns: {columns}
+    reverse_columns: {reverse}
+    chunks: 2
+    batch: {{rows: 200, seconds: null}}
+    replay: {{batch_changes: 300}}
+    catch_up: {{max_lag_changes: 50, max_lag_seconds: 30, timeout_minutes: 2}}
+  - id: cut_over
+    kind: cutover
+    dual_write: sync_users
+    switch_reads: {switch}
+    max_lock_seconds: 5
+    approval: false
+    smoke:
+      - {{name: rows_exist, sql: "SELECT count(*) > 0 FROM {live}"}}
+"""
+
+
+def _engine(url: str) -> Engine:
+    engine = create_engine(url)
+    dialect_for(engine)
+    return engine
+
+
+@pytest.fixture(params=["sqlite_rename", "pg_same_db_new_layout_variable", "pg_to_pg_http"])
+def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Pairing]:
+    if request.param == "sqlite_rename":
+        url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+        engine = _engine(url)
+        seed_users(engine)
+        create_same_layout(engine)
+        steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
+                                  switch="{rename: {old_table_becomes: users_old}}")
+        yield Pairing("sqlite_rename", engine, engine, url, url, steps, lambda: (url, "users", "old"),
+                      ("users", "old"), "users_old")
+        engine.dispose()
+        return
+    if request.param == "pg_same_db_new_layout_variable":
+        with pg_database_factory() as db:
+            engine, url = _engine(db.sqlalchemy_url), db.sqlalchemy_url
+            seed_users(engine)
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE user_preferences (user_id INTEGER PRIMARY KEY, email VARCHAR(120) "
+                                     "NOT NULL UNIQUE, preferences JSONB NOT NULL)")
+            variables = DictVariables()
+            columns = ('{user_id: id, preferences: "jsonb_build_object(\'theme\', theme, \'notifications\', '
+                       'notifications)"}')
+            reverse = ('{theme: "preferences->>\'theme\'", notifications: '
+                       '"(preferences->>\'notifications\')::boolean"}')
+            steps = DUAL_WRITE.format(target="user_preferences", key="user_id", columns=columns, reverse=reverse,
+                                      live="user_preferences",
+                                      switch="{variable: {key: users_table, value: user_preferences}}")
+
+            def route() -> tuple[str, str, str]:
+                if variables.get("users_table") == "user_preferences":
+                    return url, "user_preferences", "new_pg"
+                return url, "users", "old"
+            yield Pairing("pg_same_db_new_layout_variable", engine, engine, url, url, steps, route,
+                          ("user_preferences", "new_pg"), "users", variables)
+            engine.dispose()
+        return
+    with pg_database_factory() as old_db, pg_database_factory() as new_db:
+        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        seed_users(old)
+        create_same_layout(new, "users")
+        flag = FlagServer()
+        switch = (f'{{http: {{switch: {{url: "{flag.url}/flag", body: {{live: new}}}}, '
+                  f'switch_back: {{url: "{flag.url}/flag", body: {{live: old}}}}}}}}')
+        steps = DUAL_WRITE.format(target="users", key="id", columns="{}", reverse="{}", live="users", switch=switch)
+
+        def route_flag() -> tuple[str, str, str]:
+            return (new_db.sqlalchemy_url if flag.live == "new" else old_db.sqlalchemy_url), "users", "old"
+        yield Pairing("pg_to_pg_http", old, new, old_db.sqlalchemy_url, new_db.sqlalchemy_url, steps, route_flag,
+                      ("users", "old"), "users")
+        flag.close()
+        old.dispose()
+        new.dispose()
+
+
+def _context(p: Pairing, run_id: str = "r1") -> tuple[RunContext, Any, Any]:
+    separate = p.old is not p.new
+    plan = make_plan(p.steps, plan_id="cut_plan",
+                     connections="{target: new_db, source: old_db}" if separate else "{target: app_db}")
+    ledger = Ledger(p.new, plan.id)
+    ledger.ensure()
+    ctx = RunContext(p.new, dialect_for(p.new), ledger, who(run_id), plan=plan, source=p.old if separate else None,
+                     sleep=lambda s: None, variables=p.variables)
+    return ctx, plan.steps[0], plan.steps[1]
+
+
+def test_cutover_with_live_writers_loses_no_write_and_rolls_back_with_none_lost(pairing: Pairing) -> None:
+    ctx, dual_write, cutover = _context(pairing)
+    with Writers(pairing.old_url, route=pairing.route) as writers:
+        writers.wait_for(50)
+        assert kind_named("dual_write").apply(ctx, dual_write).outcome == "applied"
+        writers.wait_for(writers.writes + 100)
+        result = kind_named("cutover").apply(ctx, cutover)
+        assert result.outcome == "applied", result.verified
+        writers.wait_for(writers.writes + 200)  # the application now writes the new side
+    live, layout = pairing.live_table
+    assert_holds_every_write(writers, pairing.new, live, layout)
+    assert writers.ops["key_update"] > 0 and writers.ops["delete"] > 0
+    assert any("lock held" in line for line in result.verified)
+
+    # the old table refuses writes after the switch
+    with pytest.raises(Exception, match="read-only"), pairing.old.begin() as conn:
+        conn.exec_driver_sql(f"DELETE FROM {pairing.old_table_after} WHERE id = 1")
+
+    # roll back (a health gate tripped, say) while the application keeps writing: the old table gets every write
+    with Writers(pairing.old_url, route=pairing.route, model=writers.model, seed=99) as more:
+        more.wait_for(50)
+        report = rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+        assert [r.step_id for r in report.reverted] == ["cut_over", "sync_users"]
+        more.wait_for(more.writes + 100)
+    assert pairing.route()[1:] == ("users", "old")  # the application is back on the old table
+    assert_holds_every_write(more, pairing.old, "users", "old")
+    with pairing.new.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT count(*) FROM {dual_write.target}").scalar() == 0
+    leftovers = [t for t in inspect(pairing.old).get_table_names() + inspect(pairing.new).get_table_names()
+                 if t.startswith("am_chg_")]
+    assert leftovers == []
+
+
+def test_a_failing_switch_rolls_back_with_nothing_switched(pg_database_factory) -> None:
+    with pg_database_factory() as old_db, pg_database_factory() as new_db:
+        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        seed_users(old)
+        create_same_layout(new, "users")
+        flag = FlagServer(fail_switch=True)
+        switch = (f'{{http: {{switch: {{url: "{flag.url}/flag", body: {{live: new}}}}, '
+                  f'switch_back: {{url: "{flag.url}/flag", body: {{live: old}}}}}}}}')
+        p = Pairing("x", old, new, old_db.sqlalchemy_url, new_db.sqlalchemy_url,
+                    DUAL_WRITE.format(target="users", key="id", columns="{}", reverse="{}", live="users",
+                                      switch=switch), None, ("users", "old"), "users")
+        ctx, dual_write, cutover = _context(p)
+        kind_named("dual_write").apply(ctx, dual_write)
+        with pytest.raises(CutoverFailed, match="answered 503"):
+            kind_named("cutover").apply(ctx, cutover)
+        assert flag.live == "old"
+        report = rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+        assert "sync_users" in [r.step_id for r in report.reverted]
+        with old.begin() as conn:  # the old table takes writes: no guard left behind
+            conn.exec_driver_sql("DELETE FROM users WHERE id = 1")
+        assert [t for t in inspect(new).get_table_names() if t.startswith("am_chg_")] == []
+        flag.close()
+        old.dispose()
+        new.dispose()
