@@ -30,6 +30,7 @@ from backfill_it_support import (
     runner_for,
 )
 
+from airflow_migrate_provider.core.backfill.lock_counts import AT_SNAPSHOT, UNDER_LOCK
 from airflow_migrate_provider.core.rollback import rollback_run
 from airflow_migrate_provider.errors import BackfillFailed
 
@@ -312,10 +313,22 @@ def test_empty_source_table_copies_nothing_and_applies(kind, pg_urls_if, tmp_pat
         assert ledger.applied() == {}
 
 
-@pytest.mark.parametrize("kind", ["pg-pg", "pg-sqlite", "sqlite-pg", "sqlite-same"])
+# how the final sync's counts relate to its lock: PostgreSQL keeps a snapshot taken under the lock and counts
+# in it after releasing the lock; SQLite is counted under the lock
+COUNTED = {
+    "pg-pg": AT_SNAPSHOT,
+    "pg-same": AT_SNAPSHOT,
+    "pg-sqlite": "at the lock: the target counted under it, the source at its snapshot after releasing it",
+    "sqlite-pg": "at the lock: the source counted under it, the target at its snapshot after releasing it",
+    "sqlite-sqlite": UNDER_LOCK,
+    "sqlite-same": UNDER_LOCK,
+}
+
+
+@pytest.mark.parametrize("kind", PAIRS)
 def test_rows_inserted_and_updated_during_the_copy_arrive(kind, pg_urls_if, tmp_path):
     """Phases 2 and 3 pick up what changed after phase 1 took its high-water mark: new keys above it, and
-    updated rows (watermark moved), with their latest values."""
+    updated rows (watermark moved), with their latest values. The final counts are as of the lock."""
     with open_pair(kind, pg_urls_if(kind), tmp_path) as pair:
         users = user_rows()[:1200]
         create_source(pair.source, pair.src_dialect)
@@ -343,6 +356,8 @@ def test_rows_inserted_and_updated_during_the_copy_arrive(kind, pg_urls_if, tmp_
         seed_source(pair.source, pair.src_dialect, new_rows[2:], [])  # lands between phase 2 and 3
         final = bf.final_sync()
         assert final.rows >= 1 and final.detail["source_rows"] == final.detail["target_rows"] == 1203
+        assert final.detail["verified"] == f"row counts match: source 1,203 = target 1,203 ({COUNTED[kind]})"
+        assert 0 <= final.detail["lock_seconds"] <= 10
 
         expected = expected_users([{**u, "name": changed.get(u["id"], u["name"]),
                                     "updated_at": later if u["id"] in changed else u["updated_at"]}

@@ -4,7 +4,7 @@
   watermark cutoff, split phase 1 into key-range chunks. Idempotent: a started step returns its chunks.
 - ``copy_chunk``: phase 1 for one chunk, batch by batch, from its last checkpoint.
 - ``copy_recent``: phase 2, rows inserted above the high-water mark or changed since the cutoff.
-- ``final_sync``: phase 3 under a brief write lock on the source: the last delta, then row counts.
+- ``final_sync``: phase 3 under a brief write lock on the source: the last delta; then row counts as of the lock.
 - ``revert``: delete what the backfill copied (the target was empty when it started).
 
 Every later phase first finishes whatever earlier phase is incomplete (a chunk reset by a rollback, a
@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -35,6 +35,7 @@ from airflow_migrate_provider.core.backfill.batching import (
     pairwise_bounds,
 )
 from airflow_migrate_provider.core.backfill.copier import BatchCopier, DeltaBounds, Key
+from airflow_migrate_provider.core.backfill.lock_counts import CountSide, LockCounts
 from airflow_migrate_provider.core.backfill.progress import Progress
 from airflow_migrate_provider.core.backfill.spec import BackfillSpec, resolve_spec
 from airflow_migrate_provider.core.backfill.state import Checkpoints, Chunk, PhaseState
@@ -371,51 +372,73 @@ class BackfillRunner:
         return report
 
     def _locked_sync(self, delta: DeltaBounds) -> PhaseReport:
-        spec, step = self.spec, self.step
+        """Only the last delta is copied under the lock; the row counts are as of the lock (see lock_counts)."""
         label = f"{self.where} phase 3 (final sync under lock: {delta.describe()})"
         report = PhaseReport("final_sync")
         self.lock.check()
-        limit = max(MIN_BATCH_ROWS, step.batch.rows)
-        lock_engine = self.target if self._shares_connection else self.source
         t0 = time.monotonic()
+        with ExitStack() as stack:
+            counts = self._lock_counts(stack)
+            with self._write_lock(label) as lconn:
+                locked_at = time.monotonic()
+                log.info("%s: locked %s against writes", label, ", ".join(self.spec.lock_tables))
+                self._copy_last_delta(lconn, delta, locked_at, label, report)
+                counts.take((lconn, lconn if self._shares_connection else None))
+            self._check_lock_held(time.monotonic() - locked_at, label, report)
+            counted_at = time.monotonic()
+            source_count, target_count = counts.finish()
+        count_seconds = time.monotonic() - counted_at
+        report.seconds = time.monotonic() - t0
+        report.detail.update(source_rows=source_count, target_rows=target_count, count_seconds=round(count_seconds, 3))
+        log.info("%s: row counts taken %s (%.3f s after the lock)", label, counts.when, count_seconds)
+        self._check_counts(source_count, target_count, f"the whole table ({counts.when})")
+        report.detail["verified"] = (f"row counts match: source {source_count:,} = target {target_count:,} "
+                                     f"({counts.when})")
+        return report
+
+    def _lock_counts(self, stack: ExitStack) -> LockCounts:
+        sides = (CountSide("source", self.source, self.source_dialect, self._count_source),
+                 CountSide("target", self.target, self.target_dialect, self._count_target))
+        return LockCounts(sides, stack, snapshots=not self._shares_connection)
+
+    def _write_lock(self, label: str) -> AbstractContextManager[Connection]:
+        spec, step = self.spec, self.step
 
         def could_not_lock(exc: Exception) -> BaseException:
             return TransientBackfillFailed(f"{label}: could not lock {', '.join(spec.lock_tables)} within "
                                            f"{step.max_lock_seconds:g} s: {db_error_line(exc)}")
 
-        with self.source_dialect.write_lock(lock_engine, spec.lock_names, step.max_lock_seconds,
-                                            failed=could_not_lock) as lconn:
-            locked_at = time.monotonic()
-            log.info("%s: locked %s against writes", label, ", ".join(spec.lock_tables))
-            after: Key | None = None
-            while True:
-                held = time.monotonic() - locked_at
-                if held > step.max_lock_seconds:
-                    raise BackfillFailed(
-                        f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
-                        f"{step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
-                        f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
-                source = None if self._shares_connection else lconn
-                rows, last = self._guarded(lambda s=source, a=after: self._delta_batch(s, lconn, delta, a, limit))
-                report.rows += rows
-                report.batches += 1 if rows else 0
-                if rows < limit:
-                    break
-                after = last
-            source_count = self._count_source(lconn)
-            target_count = self._count_target(lconn if self._shares_connection else None)
-        held = time.monotonic() - locked_at
-        report.seconds = time.monotonic() - t0
-        report.detail.update(lock_seconds=round(held, 3), source_rows=source_count, target_rows=target_count)
+        lock_engine = self.target if self._shares_connection else self.source
+        return self.source_dialect.write_lock(lock_engine, spec.lock_names, step.max_lock_seconds,
+                                              failed=could_not_lock)
+
+    def _copy_last_delta(self, lconn: Connection, delta: DeltaBounds, locked_at: float, label: str,
+                         report: PhaseReport) -> None:
+        limit = max(MIN_BATCH_ROWS, self.step.batch.rows)
+        source = None if self._shares_connection else lconn
+        after: Key | None = None
+        while True:
+            held = time.monotonic() - locked_at
+            if held > self.step.max_lock_seconds:
+                raise BackfillFailed(
+                    f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
+                    f"{self.step.max_lock_seconds:g}; released it without finishing. The delta is too big for "
+                    f"one lock window: run phase 2 again closer to the cutover, or raise max_lock_seconds.")
+            rows, last = self._guarded(lambda a=after: self._delta_batch(source, lconn, delta, a, limit))
+            report.rows += rows
+            report.batches += 1 if rows else 0
+            if rows < limit:
+                return
+            after = last
+
+    def _check_lock_held(self, held: float, label: str, report: PhaseReport) -> None:
+        """``held``: from the moment the lock was granted until its transaction committed."""
+        report.detail["lock_seconds"] = round(held, 3)
         log.info("%s: copied %s rows in %d batch(es); lock held %.3f s (max %g s)", label, f"{report.rows:,}",
-                 report.batches, held, step.max_lock_seconds)
-        if held > step.max_lock_seconds:
+                 report.batches, held, self.step.max_lock_seconds)
+        if held > self.step.max_lock_seconds:
             raise BackfillFailed(f"{label}: the write lock was held {held:.2f} s, over max_lock_seconds "
-                                 f"{step.max_lock_seconds:g}")
-        self._check_counts(source_count, target_count, "the whole table")
-        report.detail["verified"] = (f"row counts match: source {source_count:,} = target {target_count:,} "
-                                     f"(under lock, after the final sync)")
-        return report
+                                 f"{self.step.max_lock_seconds:g}")
 
     def _delta_batch(self, source: Connection | None, lconn: Connection, delta: DeltaBounds, after: Key | None,
                      limit: int) -> tuple[int, Key | None]:

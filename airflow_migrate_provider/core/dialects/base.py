@@ -3,8 +3,8 @@
 An adapter is bound to a SQLAlchemy dialect (the driver's paramstyle and quoting rules) and answers every
 database-specific question the engine has: SQL text (quoting, placeholders), introspection (see
 :class:`~airflow_migrate_provider.core.dialects.catalog.InspectorCatalog`), upserts, the copy fast path,
-row-hash SQL, table DDL for backups, restore specifics, a write lock that owns its transaction, transient
-error classification and the async URL. Code outside ``core/dialects`` asks the adapter, never its name.
+row-hash SQL, table DDL for backups, restore specifics, a write lock that owns its transaction, snapshot reads,
+transient error classification and the async URL. Code outside ``core/dialects`` asks the adapter, never its name.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
     transactional_ddl: ClassVar[bool]
     backup_strategies: ClassVar[tuple[str, ...]] = ("snapshot",)  # the backup strategies this database supports
     single_writer: ClassVar[bool] = False  # one writer per database: share one connection for read and write
+    snapshot_reads: ClassVar[bool] = False  # a reader can keep a snapshot while others write (snapshot_reader)
     untyped_results: ClassVar[bool] = False  # result columns carry no types: sample a row to learn them
     gx_datasource: ClassVar[str] = "sql"  # Great Expectations' data source kind (ctx.data_sources.add_<kind>)
     conn_types: ClassVar[tuple[str, ...]] = ()  # Airflow connection types of this database
@@ -178,6 +179,13 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
 
     def _lock_tables(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
         raise self.unsupported("locking tables against writes")
+
+    def snapshot_reader(self, bind: Engine | Connection) -> AbstractContextManager[Connection]:
+        """A read-only transaction whose reads all see the database as it was when the block was entered, even
+        while other sessions write; rolled back when the block ends. ``bind``: an engine (a connection is opened
+        for the block) or a connection without an open transaction (opened ahead, so that entering costs one
+        round trip). Only where ``snapshot_reads`` is true; elsewhere read while writers are still locked out."""
+        raise self.unsupported("reading at a snapshot")
 
     # -- copy fast path --------------------------------------------------------------------------------
     @property

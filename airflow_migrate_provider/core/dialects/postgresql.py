@@ -1,10 +1,11 @@
-"""PostgreSQL: transactional DDL, SQLSTATE-based error classification, LOCK TABLE, COPY, pg_catalog."""
+"""PostgreSQL: transactional DDL, SQLSTATE-based error classification, LOCK TABLE, snapshot reads, COPY,
+pg_catalog."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -28,6 +29,7 @@ class PostgresDialect(Dialect):
     gx_datasource = "postgres"
     sqlglot_name = "postgres"
     backup_strategies = ("snapshot", "pg_dump")
+    snapshot_reads = True
     insert_overriding = " OVERRIDING SYSTEM VALUE"
     drop_cascade = " CASCADE"
 
@@ -44,6 +46,22 @@ class PostgresDialect(Dialect):
         # SHARE conflicts with the ROW EXCLUSIVE lock every INSERT/UPDATE/DELETE takes; readers are not blocked
         conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{max(1, math.ceil(timeout_s * 1000))}ms'")  # 0 = forever
         conn.exec_driver_sql(f"LOCK TABLE {', '.join(quoted_tables)} IN SHARE MODE")
+
+    @contextmanager
+    def snapshot_reader(self, bind: Engine | Connection) -> Iterator[Connection]:
+        """A REPEATABLE READ, READ ONLY transaction. A connection passed in keeps that isolation level until it
+        goes back to the pool (SQLAlchemy resets it there)."""
+        with ExitStack() as stack:
+            conn = stack.enter_context(bind.connect()) if isinstance(bind, Engine) else bind
+            conn.execution_options(isolation_level="REPEATABLE READ")  # also right on an AUTOCOMMIT engine
+            conn.begin()
+            try:
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                # the snapshot is taken by the transaction's first query, not by BEGIN: take it now
+                conn.exec_driver_sql("SELECT 1")
+                yield conn
+            finally:
+                conn.rollback()
 
     # -- SQL text ------------------------------------------------------------------------------------
     def read_json_as_text(self, expr: str) -> str:

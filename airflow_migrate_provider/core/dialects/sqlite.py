@@ -39,6 +39,9 @@ class SqliteDialect(Dialect):
     sqlglot_name = "sqlite"
     backup_strategies = ("snapshot", "sqlite_backup")
     single_writer = True
+    # in the default rollback-journal mode an open read transaction keeps writers from committing: counting
+    # "after the lock" in one would hold them up just the same, so SQLite is read under the lock
+    snapshot_reads = False
     untyped_results = True
     main_schema = "main."
 
