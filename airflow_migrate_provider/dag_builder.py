@@ -84,6 +84,24 @@ def _approval(plan: Plan, step: Any, task: GraphTask) -> Any:
     )
 
 
+def _kind_approval(plan: Plan, request: dict[str, Any], task: GraphTask) -> Any:
+    """An approval a step kind asks for in its task shape: its subject and body (plan text, shown as written),
+    and the summary a sibling task returned (``summary_from``), pulled from XCom when the hold starts."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    body = template_safe(request["body"])
+    if request.get("summary_from"):
+        sibling = task.task_id.rsplit(".", 1)[0] + "." + request["summary_from"]
+        body += "\n\n**Summary**: {{ ti.xcom_pull(task_ids='" + sibling + "')['summary'] }}"
+    body += (f"\n\n**Reject** (or no answer within {plan.approval.timeout_hours:g} h): the run fails and rolls "
+             f"back everything it applied.")
+    return ApprovalOperator(
+        task_id=task.name, subject=template_safe(request["subject"]), body=body,
+        response_timeout=timedelta(hours=plan.approval.timeout_hours), fail_on_reject=True,
+        assigned_users=[{"id": u, "name": u} for u in plan.approval.assigned_users] or None, retries=0,
+    )
+
+
 def _doc_md(plan: Plan, source_text: str | None) -> str:
     parts = [f"# Migration plan `{plan.id}`", plan.description or "",
              f"Target connection: `{plan.connections.target}`"
@@ -122,7 +140,9 @@ class _Builder:
     def build(self, task: GraphTask) -> Any:
         with ExitStack() as stack:
             self._group(stack, task)
-            if task.operator == "ApprovalOperator":
+            if task.operator == "ApprovalOperator" and "approval" in task.args:
+                built = _kind_approval(self.plan, task.args["approval"], task)
+            elif task.operator == "ApprovalOperator":
                 built = _approval(self.plan, self.steps[task.args["step_id"]], task)
             else:
                 built = self._operator(task)

@@ -45,6 +45,25 @@ def airflow_error(exc: MigrateError | SQLAlchemyError) -> AirflowException:
     return AirflowException(message) if retry else AirflowFailException(message)
 
 
+class AirflowVariables:
+    """Airflow Variables, for a cutover's ``variable`` switch (``core.capture.switch.VariableStore``)."""
+
+    def get(self, key: str) -> str | None:
+        from airflow.sdk import Variable
+
+        return Variable.get(key, default=None)
+
+    def set(self, key: str, value: str) -> None:
+        from airflow.sdk import Variable
+
+        Variable.set(key, value)
+
+    def delete(self, key: str) -> None:
+        from airflow.sdk import Variable
+
+        Variable.delete(key)
+
+
 class MigrationOperator(BaseOperator):
     """Base for the plan's operators. ``plan`` is the validated plan as a JSON-able dict."""
 
@@ -102,6 +121,7 @@ class MigrationOperator(BaseOperator):
             with LockKeeper(ledger, lease, plan.lock_ttl_seconds) as keeper:
                 if self.changes_data:
                     self.require_backup(engine, who)
+                options.setdefault("variables", AirflowVariables())
                 yield RunContext(engine, dialect, ledger, who, keeper, plan, source, self.target_conn_id,
                                  report_dir=report_dir(who.dag_id, who.run_id), **options)
         finally:

@@ -245,3 +245,18 @@ def test_a_failing_switch_rolls_back_with_nothing_switched(pg_database_factory) 
         flag.close()
         old.dispose()
         new.dispose()
+
+
+def test_verify_reports_the_keys_where_the_new_table_diverges(pairing: Pairing) -> None:
+    ctx, dual_write, cutover = _context(pairing)
+    kind_named("dual_write").apply(ctx, dual_write)
+    key = dual_write.key[0]
+    with pairing.new.begin() as conn:  # someone writes straight into the new table: real divergence
+        conn.exec_driver_sql(f"UPDATE {dual_write.target} SET email = 'tampered@example.com' WHERE {key} = 7")
+    with pairing.old.begin() as conn:  # a change captured but not yet replayed: in flight, not divergence
+        conn.exec_driver_sql("UPDATE users SET email = 'moved@example.com' WHERE id = 8")
+    from airflow_migrate_provider.core.kinds.cutover import cutover_of
+
+    with pytest.raises(CutoverFailed, match=r"diverges from the old one on 1 key\(s\).*\b7\b") as caught:
+        cutover_of(ctx, cutover).verify()
+    assert "Nothing was switched" in str(caught.value)

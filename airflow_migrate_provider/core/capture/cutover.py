@@ -288,7 +288,9 @@ class Cutover:
         with ExitStack() as stack:
             counts = LockCounts(sides, stack, snapshots=not self.shared)
             self.ctx.lock.check()
-            with lock_dialect.write_lock(self.old_engine, [self.dw.source.table], self.step.max_lock_seconds,
+            # a view switch locks the view too: a writer going through it then waits holding nothing we need
+            locked = [self.dw.source.table] + ([recorded["view"]] if recorded["how"] == "view" else [])
+            with lock_dialect.write_lock(self.old_engine, locked, self.step.max_lock_seconds,
                                          failed=could_not_lock) as lconn:
                 t0 = time.monotonic()
                 within = lconn if self.shared else None

@@ -80,11 +80,18 @@ class CutoverKind(StepKind[CutoverStep]):
 
     def task_shape(self, step: CutoverStep) -> TaskShape:
         do, back = _how(step)
-        tasks = [TaskSpec("verify", self.operator, {"phase": "verify"}, describe=(
-            f"compares the tables of '{step.dual_write}' row by row (checksums) while writes continue; keys with "
-            f"changes still being replayed are in flight, any other difference fails (nothing switched)",))]
+        tasks = [TaskSpec("verify", self.operator, {"phase": "consistency"}, describe=(
+            f"compares the tables of '{step.dual_write}' row by row while writes continue (one EXCEPT query each way "
+            f"in one database, checksums with drill-down across two); keys with changes still being replayed are in "
+            f"flight, any other difference fails (nothing switched)",))]
         if step.approval:
-            tasks.append(TaskSpec("approve", "ApprovalOperator", {"approval": "cutover"}, describe=(
+            request = {"subject": f"Approve the cutover '{step.id}' (switch to the new table of '{step.dual_write}')?",
+                       "body": f"Cutover **`{step.id}`** switches the application from the old table to the new one "
+                               f"kept in sync by `{step.dual_write}`: {step.description or 'no description'}\n\n"
+                               f"**Approve**: catch up, then a write lock of at most {step.max_lock_seconds:g} s on "
+                               f"the old table, the final replay and the switch ({do}).",
+                       "summary_from": "verify"}
+            tasks.append(TaskSpec("approve", "ApprovalOperator", {"approval": request}, describe=(
                 "holds for a person's approval in the Airflow UI; its body summarises the verification; a rejection "
                 "or no answer fails the run, which rolls back (nothing switched)",)))
         if step.window is not None:
@@ -93,7 +100,7 @@ class CutoverKind(StepKind[CutoverStep]):
                 f"waits, deferred, for the window {', '.join(w.days)} {w.start}-{w.end} {w.timezone}; does not start "
                 f"a cutover it cannot finish before the window closes ({w.outside} outside it)",)))
         tasks += [
-            TaskSpec("catch_up", "DualWriteOperator", {"phase": "catch_up", "dual_write_of": step.id}, describe=(
+            TaskSpec("catch_up", "DualWriteOperator", {"phase": "catch_up", "step_id": step.dual_write}, describe=(
                 f"deferred on the triggerer: replays until the lag of '{step.dual_write}' is under its threshold",)),
             TaskSpec("switch", self.operator, {"phase": "switch"}, describe=(
                 "installs reverse capture on the new table (writes made there after the switch can go back on "
@@ -107,7 +114,7 @@ class CutoverKind(StepKind[CutoverStep]):
         guard = step.disable_old_writes
         tasks.append(TaskSpec("disable_old_writes", self.operator, {"phase": "disable_old_writes"}, describe=(
             "replays the last writes that reached the old table, drops its capture"
-            + (", makes it read-only (a trigger refuses writes)" if guard.read_only else "")
+            + (" (it refuses writes since the switch: a trigger installed under the lock)" if guard.read_only else "")
             + (f", revokes writes from {', '.join(guard.revoke_from)}" if guard.revoke_from else ""),
             f"on rollback: lock the new table, replay its writes into the old one, switch back ({back})")))
         return TaskShape(tuple(tasks), group_tooltip=f"cutover of {step.dual_write}: verify, approve, switch")

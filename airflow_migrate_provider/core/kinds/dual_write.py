@@ -200,13 +200,13 @@ class DualWriteKind(StepKind[DualWriteStep]):
     def verify(self, ctx: RunContext, step: DualWriteStep) -> StepResult:
         """Read-only: the new table exists; while capture is on, the replay lag."""
         names = capture_names(ctx.plan_id, step)
+        with ctx.source_or_target.connect() as conn:
+            capturing = _has_table(conn, names.change_table)
+        if not capturing:  # a cutover took over (and may have renamed the tables)
+            return StepResult(step.id, "verified", 0.0, 0, ["capture is off (the cutover disabled it)"])
         with ctx.engine.connect() as conn:
             if not _has_table(conn, step.target):
                 raise CaptureError(f"dual_write '{step.id}': the new table '{step.target}' does not exist")
-        with ctx.source_or_target.connect() as conn:
-            capturing = _has_table(conn, names.change_table)
-        if not capturing:
-            return StepResult(step.id, "verified", 0.0, 0, ["capture is off (the cutover disabled it)"])
         changes, age = forward_replayer(ctx, step).lag()
         return StepResult(step.id, "verified", 0.0, 0, [f"capture on; lag {changes:,} changes, oldest {age:.1f} s"])
 
