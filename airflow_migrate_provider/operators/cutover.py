@@ -32,6 +32,10 @@ class CutoverOperator(MigrationOperator):
         with self.runner(context) as runner:
             runner.apply_before(self.plan, step.id)
             ctx = runner.ctx
+            row = ctx.ledger.applied().get(step.id)
+            if row is not None and row.status == "applied":
+                self.log.info("cutover '%s' is applied (by %s): nothing to do", step.id, row.by)
+                return {"step": step.id, "phase": self.phase, "already": True}
             cut = cutover_of(ctx, step)
             if self.phase == "consistency":
                 return cut.verify()

@@ -19,9 +19,10 @@ class DualWriteOperator(MigrationOperator):
 
     - ``capture``: installs change capture on the old table (recorded in the ledger);
     - ``start`` / ``chunk``: the history copy, one mapped task per key-range chunk, resumable per batch;
-    - ``replay``: replays the captured changes until the lag is under the step's threshold (or its timeout);
-    - ``catch_up``: deferred on the triggerer, which keeps replaying and logs the lag each round, until the lag
-      is under the threshold; marks the step applied. A cutover runs this phase again right before switching.
+    - ``replay``: replays the bulk of the captured changes (until at most one batch or the threshold is left);
+    - ``catch_up``: unless already caught up, deferred on the triggerer, which keeps replaying and logs the lag
+      each round, until the lag is under the threshold; marks the step applied. A cutover runs this phase again
+      right before switching.
     """
 
     template_fields = ("chunk",)
@@ -32,7 +33,7 @@ class DualWriteOperator(MigrationOperator):
         self.step_id, self.phase, self.chunk = step_id, phase, chunk
 
     def run_migration(self, context: Context) -> Any:
-        from airflow_migrate_provider.core.kinds.dual_write import caught_up, history_copy
+        from airflow_migrate_provider.core.kinds.dual_write import caught_up, forward_replayer, history_copy
 
         step = self.plan.step(self.step_id)
         kind = kind_of(step)
@@ -41,18 +42,29 @@ class DualWriteOperator(MigrationOperator):
             ctx = runner.ctx
             if self.phase == "capture":
                 return kind.capture(ctx, step)
+            row = ctx.ledger.applied().get(step.id)
+            if row is not None and row.status == "applied" and (self.phase in ("start", "chunk")
+                                                                  or not kind.capturing(ctx, step)):
+                self.log.info("dual_write '%s' is applied (by %s) and its capture is off: nothing to do", step.id,
+                              row.by)
+                return {"step": step.id, "phase": self.phase, "already": True}
             if self.phase == "start":
                 return history_copy(ctx, step).start()
             if self.phase == "chunk":
                 return history_copy(ctx, step).copy_chunk(int((self.chunk or {})["chunk"])).to_json()
-            deadline = time.monotonic() + (step.catch_up.timeout_minutes * 60 if self.phase == "replay"
-                                           else step.catch_up.poll_seconds)
-            totals = kind.replay(ctx, step, deadline=deadline)
-            if self.phase == "replay" or caught_up(step, totals.lag_changes, totals.lag_seconds):
-                if self.phase == "catch_up":
-                    kind.finish(ctx, step, totals)
+            if self.phase == "replay":  # the bulk of the backlog, here; the last stretch is the catch-up's
+                deadline = time.monotonic() + step.catch_up.timeout_minutes * 60
+                totals = kind.replay(ctx, step, deadline=deadline, bulk=True)
                 return {"step": step.id, "phase": self.phase, "replayed": totals.changes,
                         "lag_changes": totals.lag_changes, "lag_seconds": round(totals.lag_seconds, 1)}
+            changes, age = forward_replayer(ctx, step).lag()
+            if caught_up(step, changes, age):
+                from airflow_migrate_provider.core.capture.replay import ReplayTotals
+
+                kind.finish(ctx, step, ReplayTotals(lag_changes=changes, lag_seconds=age))
+                return {"step": step.id, "phase": self.phase, "replayed": 0, "lag_changes": changes,
+                        "lag_seconds": round(age, 1)}
+            self.log.info("dual_write '%s': %s change(s) behind (oldest %.1f s)", step.id, f"{changes:,}", age)
         self._defer_catching_up(context, time.time())
 
     def _defer_catching_up(self, context: Context, started_at: float) -> None:

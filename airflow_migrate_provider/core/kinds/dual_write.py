@@ -160,13 +160,19 @@ class DualWriteKind(StepKind[DualWriteStep]):
                  names.change_table, names.trigger)
         return {"step": step.id, "change_table": names.change_table, "already": False}
 
-    def replay(self, ctx: RunContext, step: DualWriteStep, *, deadline: float | None = None) -> ReplayTotals:
-        """Replay until caught up (or ``deadline``); checks the run lock before every batch."""
+    def replay(self, ctx: RunContext, step: DualWriteStep, *, deadline: float | None = None,
+               bulk: bool = False) -> ReplayTotals:
+        """Replay until caught up (or ``deadline``); checks the run lock before every batch. ``bulk``: stop once
+        at most a batch (or the threshold) is left, the rest being the catch-up's."""
         _require_capture(ctx, step)
         replayer = forward_replayer(ctx, step)
+        left = max(step.replay.batch_changes, step.catch_up.max_lag_changes)
+
+        def done(changes: int, age: float) -> bool:
+            return changes <= left if bulk else caught_up(step, changes, age)
+
         try:
-            totals = replayer.replay_until(step.replay.batch_changes, lambda n, age: caught_up(step, n, age),
-                                           deadline=deadline, check=ctx.lock.check)
+            totals = replayer.replay_until(step.replay.batch_changes, done, deadline=deadline, check=ctx.lock.check)
         except sa_exc.SQLAlchemyError as exc:
             raise _db_failure(f"{replayer.label}: a batch failed", exc, replayer.source, replayer.target) from exc
         log.info("%s: %s", replayer.label, totals.line())
@@ -197,12 +203,14 @@ class DualWriteKind(StepKind[DualWriteStep]):
         result.duration_s = time.monotonic() - t0
         return result
 
+    def capturing(self, ctx: RunContext, step: DualWriteStep) -> bool:
+        """Whether the step's change capture is installed (a cutover's disable_old_writes drops it)."""
+        with ctx.source_or_target.connect() as conn:
+            return _has_table(conn, capture_names(ctx.plan_id, step).change_table)
+
     def verify(self, ctx: RunContext, step: DualWriteStep) -> StepResult:
         """Read-only: the new table exists; while capture is on, the replay lag."""
-        names = capture_names(ctx.plan_id, step)
-        with ctx.source_or_target.connect() as conn:
-            capturing = _has_table(conn, names.change_table)
-        if not capturing:  # a cutover took over (and may have renamed the tables)
+        if not self.capturing(ctx, step):  # a cutover took over (and may have renamed the tables)
             return StepResult(step.id, "verified", 0.0, 0, ["capture is off (the cutover disabled it)"])
         with ctx.engine.connect() as conn:
             if not _has_table(conn, step.target):
