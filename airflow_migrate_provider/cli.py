@@ -88,16 +88,19 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the dem
          users: int = 1000,
          fail_at: Annotated[str | None, typer.Option(help="Make this step fail, to watch the rollback (the "
                                                           "run then ends failed)")] = None,
-         example: Annotated[str, typer.Option(help="Which bundled plan: add_user_preferences (schema steps) "
-                                                   "or backfill_users (a chunked backfill)")]
+         example: Annotated[str, typer.Option(help="Which bundled plan: add_user_preferences (schema steps), "
+                                                   "backfill_users (a chunked backfill) or dual_write_users (dual "
+                                                   "write and cutover while a writer runs)")]
          = "add_user_preferences",
          ) -> None:
     """Run a bundled example plan (default: "add user_preferences") against an embedded SQLite database."""
     from airflow_migrate_provider.demo import database_tables
 
-    outcome, database = commands.demo(workdir, users, fail_at, example)
+    outcome, database, notes = commands.demo(workdir, users, fail_at, example)
     typer.echo(f"\nDemo database: {database}")
     _print_outcome(outcome)
+    for note in notes:
+        typer.echo(note)
     typer.echo("\nTables now in the demo database:")
     for table, columns in database_tables(database).items():
         typer.echo(f"  {table}({', '.join(columns)})")

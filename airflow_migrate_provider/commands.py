@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_migrate_provider.errors import (
     BackupFailed,
@@ -97,8 +97,10 @@ class RunOutcome:
         return self.state == "success"
 
 
-def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path | None = None) -> RunOutcome:
-    """Run a plan's DAG locally through dag.test() with a throwaway SQLite Airflow metadata DB."""
+def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path | None = None,
+        during: Any = None) -> RunOutcome:
+    """Run a plan's DAG locally through dag.test() with a throwaway SQLite Airflow metadata DB. ``during``: a
+    context manager to hold while the DAG runs (the demo's writer)."""
     plan = load_plan(path)
     check_connections_given(plan, connections)
     from airflow_migrate_provider.local_run import define_connections, use_airflow_home
@@ -110,8 +112,9 @@ def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path 
 
     check_targets_reachable(plan)
     init_metadata_db()
-    dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8"),
-                                plan_dir=str(Path(path).resolve().parent)))
+    with during if during is not None else nullcontext():
+        dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8"),
+                                    plan_dir=str(Path(path).resolve().parent)))
     summary, verification = ledger_reports(plan)
     return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification,
                       *backup_reports(plan, dag_run.dag_id, dag_run.run_id))
@@ -193,14 +196,16 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
 
 
 def demo(workdir: str | Path | None = None, users: int = 1000,
-         fail_at: str | None = None, example: str = "add_user_preferences") -> tuple[RunOutcome, Path]:
-    """Seed an embedded SQLite app database and run a bundled example plan against it.
+         fail_at: str | None = None, example: str = "add_user_preferences") -> tuple[RunOutcome, Path, list[str]]:
+    """Seed an embedded SQLite app database and run a bundled example plan against it: (outcome, database, notes).
 
-    ``fail_at`` names a step made to fail, to watch the rollback at work.
+    ``fail_at`` names a step made to fail, to watch the rollback at work. The dual-write example runs with a
+    writer standing in for the application; the notes say whether every write it made is in the live table.
     """
     from airflow_migrate_provider.demo import (
         DEMO_CONN_ID,
         EXAMPLES,
+        DemoWriter,
         example_plan_path,
         plan_failing_at,
         seed_demo_database,
@@ -217,8 +222,9 @@ def demo(workdir: str | Path | None = None, users: int = 1000,
     seed_demo_database(database, users)
     plan_path = example_plan_path(f"{example}.yaml")
     plan_path = plan_failing_at(plan_path, fail_at, base) if fail_at else plan_path
-    outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow")
-    return outcome, database
+    writer = DemoWriter(database) if example == "dual_write_users" else None
+    outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow", during=writer)
+    return outcome, database, writer.report() if writer is not None else []
 
 
 # -- backups --------------------------------------------------------------------------------------------

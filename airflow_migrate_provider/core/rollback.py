@@ -81,9 +81,12 @@ def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: B
         except MigrateError as exc:
             remaining = stack[position:]
             past_no_return = [r.step_id for r in remaining if r.actions.irreversible]
-            if backup is None or past_no_return:
+            live_writes = [r.step_id for r in remaining if not kind_named(r.actions.kind).restore_replaces_revert]
+            if backup is None or past_no_return or live_writes:
                 why = ("no backup to restore from" if backup is None else
-                       f"a restore would undo the irreversible step(s) {past_no_return}")
+                       f"a restore would undo the irreversible step(s) {past_no_return}" if past_no_return else
+                       f"a restore would drop the application's writes made during the run: {live_writes} must be "
+                       f"reverted by their own revert (switch back, replay back)")
                 raise RevertFailed(
                     f"reverting step '{row.step_id}' failed: {exc}\n"
                     f"reverted so far: {[r.step_id for r in report.reverted] or 'none'}; still applied by this "

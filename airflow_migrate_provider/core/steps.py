@@ -79,6 +79,13 @@ class StepRunner:
         """Re-check, read-only, that an applied step still holds."""
         return kind_of(step).verify(self.ctx, step)
 
+    def after_success(self) -> list[str]:
+        """This run succeeded: each step it applied drops what only a rollback needed (a reverse capture, say)."""
+        done = []
+        for row in self.ledger.applied_by_run(self.who):
+            done += [f"{row.step_id}: {note}" for note in kind_named(row.actions.kind).on_run_success(self.ctx, row)]
+        return done
+
     # -- in plan order ------------------------------------------------------------------------------
     def apply_through(self, plan: Any, step_id: str) -> list[StepResult]:
         """Bring the target to the state right after ``step_id``: apply, in plan order, every step up to it

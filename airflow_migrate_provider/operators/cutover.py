@@ -46,7 +46,11 @@ class CutoverOperator(MigrationOperator):
                 except CutoverDeferral as wait:
                     pending = wait
             elif self.phase == "switch":
-                return {"step": step.id, **cut.switch().to_json()}
+                try:  # the catch-up before may have outlasted the window: never start a switch it cannot finish
+                    kind.window_check(step, ctx)
+                    return {"step": step.id, **cut.switch().to_json()}
+                except CutoverDeferral as wait:
+                    pending = wait
             elif self.phase == "smoke":
                 return {"step": step.id, "smoke": cut.smoke()}
             else:

@@ -20,9 +20,9 @@ class DualWriteOperator(MigrationOperator):
     - ``capture``: installs change capture on the old table (recorded in the ledger);
     - ``start`` / ``chunk``: the history copy, one mapped task per key-range chunk, resumable per batch;
     - ``replay``: replays the bulk of the captured changes (until at most one batch or the threshold is left);
-    - ``catch_up``: unless already caught up, deferred on the triggerer, which keeps replaying and logs the lag
-      each round, until the lag is under the threshold; marks the step applied. A cutover runs this phase again
-      right before switching.
+    - ``catch_up``: a deferrable sensor: it defers at once to the triggerer, which replays and logs the lag each
+      round until the lag is under the threshold (at once when it already is); then it marks the step applied.
+      A cutover runs this phase again right before switching.
     """
 
     template_fields = ("chunk",)
@@ -33,7 +33,7 @@ class DualWriteOperator(MigrationOperator):
         self.step_id, self.phase, self.chunk = step_id, phase, chunk
 
     def run_migration(self, context: Context) -> Any:
-        from airflow_migrate_provider.core.kinds.dual_write import caught_up, forward_replayer, history_copy
+        from airflow_migrate_provider.core.kinds.dual_write import forward_replayer, history_copy
 
         step = self.plan.step(self.step_id)
         kind = kind_of(step)
@@ -58,13 +58,7 @@ class DualWriteOperator(MigrationOperator):
                 return {"step": step.id, "phase": self.phase, "replayed": totals.changes,
                         "lag_changes": totals.lag_changes, "lag_seconds": round(totals.lag_seconds, 1)}
             changes, age = forward_replayer(ctx, step).lag()
-            if caught_up(step, changes, age):
-                from airflow_migrate_provider.core.capture.replay import ReplayTotals
-
-                kind.finish(ctx, step, ReplayTotals(lag_changes=changes, lag_seconds=age))
-                return {"step": step.id, "phase": self.phase, "replayed": 0, "lag_changes": changes,
-                        "lag_seconds": round(age, 1)}
-            self.log.info("dual_write '%s': %s change(s) behind (oldest %.1f s)", step.id, f"{changes:,}", age)
+            self.log.info("dual_write '%s': %s change(s) to replay (oldest %.1f s)", step.id, f"{changes:,}", age)
         self._defer_catching_up(context, time.time())
 
     def _defer_catching_up(self, context: Context, started_at: float) -> None:
@@ -73,8 +67,8 @@ class DualWriteOperator(MigrationOperator):
         step = self.plan.step(self.step_id)
         who = self.who(context)
         remaining = max(1.0, step.catch_up.timeout_minutes * 60 - (time.time() - started_at))
-        self.log.info("dual_write '%s': behind; catching up deferred on the triggerer (lag logged every %g s, at "
-                      "most %.0f min more)", step.id, step.catch_up.poll_seconds, remaining / 60)
+        self.log.info("dual_write '%s': catching up deferred on the triggerer (lag logged every %g s, at most %.0f "
+                      "min)", step.id, step.catch_up.poll_seconds, remaining / 60)
         self.defer(trigger=CatchUpTrigger(plan=self.plan_data, step_id=step.id, target_conn_id=self.target_conn_id,
                                           who=[who.dag_id, who.run_id, who.try_number],
                                           timeout_seconds=remaining),

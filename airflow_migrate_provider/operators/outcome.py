@@ -32,6 +32,8 @@ class MigrationOutcomeOperator(MigrationOperator):
         plan, who = self.plan, self.who(context)
         states = self.watched_states(context, [*self.watched_task_ids, self.rollback_task_id])
         failed = states_failed(self.watched_task_ids, states)
+        if not failed:
+            self._after_success(context)
         try:
             self._summarize_and_release(plan, who, states)
         except MigrateError as exc:  # e.g. the target is unreachable: still report the run's outcome
@@ -43,6 +45,16 @@ class MigrationOutcomeOperator(MigrationOperator):
                 f"See the failed task's log for the cause and the rollback task's log for what was reverted."
             )
         return {"result": "success", "steps": len(plan.steps)}
+
+    def _after_success(self, context: Context) -> None:
+        """The run can no longer roll back: steps drop what only a rollback needed. A failure here leaves the
+        migration applied; it is logged with what to drop by hand, and the run still succeeds."""
+        try:
+            with self.runner(context) as runner:
+                for line in runner.after_success():
+                    self.log.info("after success: %s", line)
+        except (MigrateError, SQLAlchemyError) as exc:
+            self.log.error("the migration succeeded, but cleaning up after it failed: %s", exc)
 
     def _summarize_and_release(self, plan: Plan, who: RunIdentity, states: dict[str, str]) -> None:
         engine, _ = self.open_target()

@@ -32,6 +32,24 @@ from airflow_migrate_provider.plan.model import (
     ThrottleRule,
     VerifyStep,
 )
+from airflow_migrate_provider.plan.steps.cutover import (
+    CutoverStep,
+    CutoverWindow,
+    DisableOldWrites,
+    HttpRequest,
+    HttpSwitch,
+    RenameSwitch,
+    SmokeCheck,
+    SwitchReads,
+    VariableSwitch,
+    ViewSwitch,
+)
+from airflow_migrate_provider.plan.steps.dual_write import (
+    CatchUpSettings,
+    DualWriteSource,
+    DualWriteStep,
+    ReplaySettings,
+)
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Plan (top level)", Plan, ""),
@@ -65,6 +83,28 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
      "are sampled in preflight, before anything changes."),
     ("`health_gate.metrics[]`", HealthMetricSpec, ""),
     ("`health_gate.thresholds[]`", HealthThresholdSpec, ""),
+    ("Step `kind: dual_write`", DualWriteStep,
+     "Moves a table while the application keeps writing to it (see docs/dual-write.md): triggers capture every "
+     "write to the old table, the history is copied like a backfill, the captured changes are replayed into the "
+     "new table, and a deferred catch-up waits until the lag is under the threshold. Rolling back drops the "
+     "capture and empties the new table."),
+    ("`dual_write.source`", DualWriteSource, ""),
+    ("`dual_write.replay`", ReplaySettings, ""),
+    ("`dual_write.catch_up`", CatchUpSettings, ""),
+    ("Step `kind: cutover`", CutoverStep,
+     "Switches the application from the old table to the new one a `dual_write` step keeps in sync: consistency "
+     "check while writes continue, approval, window, catch-up, then a brief write lock for the final replay and "
+     "the switch, smoke checks, and the old table made read-only. Rolling back switches back and replays every "
+     "write made on the new side into the old table."),
+    ("`cutover.switch_reads`", SwitchReads, ""),
+    ("`cutover.switch_reads.view`", ViewSwitch, ""),
+    ("`cutover.switch_reads.rename`", RenameSwitch, ""),
+    ("`cutover.switch_reads.variable`", VariableSwitch, ""),
+    ("`cutover.switch_reads.http`", HttpSwitch, ""),
+    ("HTTP request (`http.switch`, `http.switch_back`, `smoke[].http`)", HttpRequest, ""),
+    ("`cutover.disable_old_writes`", DisableOldWrites, ""),
+    ("`cutover.window`", CutoverWindow, ""),
+    ("`cutover.smoke[]`", SmokeCheck, ""),
 ]
 
 

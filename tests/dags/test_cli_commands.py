@@ -9,6 +9,7 @@ clean environment, as a user would.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,29 @@ def test_demo_backfill_with_a_bad_row_fails_one_chunk_and_rolls_back(tmp_path, c
     assert "Rollback (rollback.revert_applied): success" in out
     assert "users_v2(" not in out  # the copied rows were deleted and the new table dropped
     assert "integer overflow" in result.stdout + result.stderr
+
+
+def test_demo_dual_write_switches_the_live_writer_and_loses_no_write(tmp_path, cli):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "dual_write_users", "--users", "500")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.switch_users.switch                success" in out
+    assert re.search(r"writer: [\d,]+ writes to users, [\d,]+ to users_v2 while the migration ran", out), out
+    assert "the application now uses users_v2" in out and "every write is there" in out
+    assert "users is read-only (since the switch)" in out
+
+
+def test_demo_dual_write_failing_after_the_switch_brings_every_write_back(tmp_path, cli):
+    result = cli("demo", "--workdir", str(tmp_path / "demo"), "--example", "dual_write_users", "--users", "500",
+                 "--fail-at", "switch_users")
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    out = result.stdout
+    assert "steps.switch_users.smoke                 failed" in out
+    assert "Rollback (rollback.revert_applied): success" in out
+    assert "the application now uses users:" in out and "every write is there" in out, out[-1500:]
+    assert "users_v2(" not in out  # emptied and dropped by the rollback
 
 
 def test_render_of_a_backfill_lists_its_tasks(tmp_path, cli):

@@ -260,3 +260,29 @@ def test_verify_reports_the_keys_where_the_new_table_diverges(pairing: Pairing) 
     with pytest.raises(CutoverFailed, match=r"diverges from the old one on 1 key\(s\).*\b7\b") as caught:
         cutover_of(ctx, cutover).verify()
     assert "Nothing was switched" in str(caught.value)
+
+
+def test_a_failed_switch_back_is_never_replaced_by_a_backup_restore(tmp_path) -> None:
+    """A restore would drop the application's writes made during the run: the rollback stops and says so."""
+    from types import SimpleNamespace
+
+    from airflow_migrate_provider.errors import RevertFailed
+
+    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    engine = _engine(url)
+    seed_users(engine)
+    create_same_layout(engine)
+    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
+                              switch="{rename: {old_table_becomes: users_old}}")
+    p = Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old")
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+    kind_named("cutover").apply(ctx, cutover)
+    extra = ctx.ledger.applied()["cut_over"].actions.extra
+    reverse = extra["reverse_capture"]["change_table"]
+    with engine.begin() as conn:  # break the way back: its change table is gone
+        conn.exec_driver_sql(f"DROP TABLE {reverse}")
+    with pytest.raises(RevertFailed, match="would drop the application's writes"):
+        rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who, backup=SimpleNamespace(id="b1"))  # type: ignore[arg-type]
+    assert inspect(engine).has_table("users_old")  # nothing was restored over the live table
+    engine.dispose()

@@ -202,11 +202,18 @@ class Cutover:
         return found
 
     # -- catch up -------------------------------------------------------------------------------------
-    def catch_up(self, deadline: float | None = None) -> Any:
-        """Replay until at most SMALL_LAG changes are left (what the lock's final replay may take)."""
+    def catch_up(self) -> Any:
+        """Replay until at most SMALL_LAG changes are left (what the lock's final replay may take), within the
+        dual_write step's catch-up timeout."""
         target = min(SMALL_LAG, self.dw.catch_up.max_lag_changes or SMALL_LAG)
-        return self.forward.replay_until(self.dw.replay.batch_changes, lambda n, _a: n <= target, deadline=deadline,
-                                         check=self.ctx.lock.check)
+        totals = self.forward.replay_until(self.dw.replay.batch_changes, lambda n, _a: n <= target,
+                                           deadline=time.monotonic() + self.dw.catch_up.timeout_minutes * 60,
+                                           check=self.ctx.lock.check)
+        if totals.lag_changes > target:
+            raise CutoverFailed(f"{self.where}: still {totals.lag_changes:,} changes behind after "
+                                f"{self.dw.catch_up.timeout_minutes:g} min of catching up; nothing was switched "
+                                f"(writes arrive faster than the replay)", transient=True)
+        return totals
 
     # -- switch -----------------------------------------------------------------------------------------
     def _actions(self, recorded: dict[str, Any], reverse: CaptureNames) -> ActionPlan:
@@ -234,17 +241,25 @@ class Cutover:
         """Steps 1-3 of the module docstring. A no-op when this step already switched."""
         row = self._row()
         if row is not None and row.progress >= 1:
-            log.info("%s: already switched by %s", self.where, row.by)
-            return SwitchReport(switched="already switched", notes=[f"switched by {row.by}"])
+            recorded = row.actions.extra["switch"]
+            if not self.step.switch_reads.in_database:  # the try that recorded it may have died before the call
+                switching.switch(recorded, None, None, self.variables)
+                log.info("%s: switched by %s; sent the switch again in case that try died before sending it",
+                         self.where, row.by)
+            else:
+                log.info("%s: already switched by %s", self.where, row.by)
+            return SwitchReport(switched=switching.describe(recorded), notes=[f"switched by {row.by}"])
         spec = self.forward.spec  # resolved before any lock: introspection needs its own connections
         self.forward.copier  # noqa: B018 - same
         self._check_reverse()
+        reverse = self.reverse_names()
+        with self.new_engine.begin() as conn:  # a rollback of an earlier cutover left the new table refusing writes
+            self.new_sql.guard_writes(conn, reverse, False)
         self.catch_up()
         with self.old_engine.connect() as conn:
             recorded = switching.prepare_switch(self.step.switch_reads, self.dw.source.table, self.dw.target, conn,
                                                 self.old_sql, self.variables)
             conn.rollback()
-        reverse = self.reverse_names()
         row_id, started = self.ctx.ledger.start(self.step.id, "apply", cutover_checksum(self.step),
                                                 self._actions(recorded, reverse), self.ctx.who)
         with self.new_engine.begin() as conn:
@@ -308,9 +323,9 @@ class Cutover:
                     self.old_sql.guard_writes(lconn, self._guard_names(names["now"].old), True)
                 if in_database:
                     switching.switch(recorded, lconn, self.old_sql, self.variables)
-                    self.ctx.ledger.record_progress(row_id, 1, conn=lconn if self._ledger_in_old_db else None)
-                else:
-                    self.ctx.ledger.record_progress(row_id, 1)  # switching back an unswitched flag is harmless
+                    self.ctx.ledger.record_progress(row_id, 1, conn=lconn)  # one database: atomic with the switch
+                else:  # recorded first: switching back a flag that was never switched is harmless
+                    self.ctx.ledger.record_progress(row_id, 1, conn=lconn if self.shared else None)
                     switching.switch(recorded, None, None, self.variables)
                 report.lock_seconds = time.monotonic() - t0
             names["now"] = switching.names_after(recorded, True)
@@ -328,10 +343,6 @@ class Cutover:
     def _guard_names(self, table: str) -> CaptureNames:
         names = capture_names(self.ctx.plan_id, self.dw)
         return CaptureNames(table, names.change_table, names.trigger, names.key)
-
-    @property
-    def _ledger_in_old_db(self) -> bool:
-        return self.ctx.source is None or self.ctx.source is self.ctx.engine
 
     def _abandon(self, row_id: int, started: Any, reverse: CaptureNames, exc: BaseException) -> None:
         """The switch did not happen: drop the reverse capture and close the ledger row (if not switched)."""
@@ -420,7 +431,9 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
     recorded, where = extra["switch"], f"cutover '{applied.step_id}'"
     old_engine, new_engine = ctx.source_or_target, ctx.engine
     old_sql, new_sql = capture_sql(dialect_for(old_engine)), capture_sql(dialect_for(new_engine))
-    now = switching.names_after(recorded, True)
+    # a retry after a rename was switched back (and the revert failed later) finds the original names again
+    still_switched = recorded["how"] != "rename" or _table_exists(old_engine, recorded["old_table_becomes"])
+    now = switching.names_after(recorded, still_switched)
     rev = extra["reverse_capture"]
     reverse = CaptureNames(rev["table"], rev["change_table"], rev["trigger"], tuple(rev["key"]))
     notes: list[str] = []
@@ -444,8 +457,12 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
         with lock_dialect.write_lock(new_engine, [now.new], 60.0) as lconn:
             totals = replayer.drain(reverse_step.batch.rows, within=lconn if shared else None)
             notes.append(f"replayed {totals.changes:,} write(s) made on the new side back into {now.old}")
-            new_sql.guard_writes(lconn, reverse_guard, True)  # a write that waited for the lock fails, not lost
-            if recorded["how"] in ("view", "rename"):
+            # a write that waited for the lock fails, not lost
+            new_sql.guard_writes(lconn, reverse_guard, True, message=f"{now.new} is being switched back to "
+                                 f"{recorded['old_table']} by a migration rollback: write there")
+            if not still_switched:
+                notes.append("already switched back by an earlier try")
+            elif recorded["how"] in ("view", "rename"):
                 switching.switch(recorded, lconn, old_sql, variables, back=True)
             else:
                 switching.switch(recorded, None, None, variables, back=True)
@@ -456,9 +473,11 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
         if late.changes:
             notes.append(f"replayed {late.changes:,} late write(s) back")
         with new_engine.begin() as conn:
-            new_sql.guard_writes(conn, reverse_guard, False)
+            # the guard stays: a write the application still sends to the new table (it read the switch just
+            # before it flipped back) must fail, not land where the dual_write revert then deletes it
             new_sql.drop(conn, reverse)
-        notes.append(f"dropped the reverse capture on {reverse_step.source.table}")
+        notes.append(f"dropped the reverse capture on {reverse_step.source.table}; it refuses writes until the "
+                     f"dual_write step's revert empties it")
     except (sa_exc.SQLAlchemyError, CutoverFailed) as exc:
         line = db_error_line(exc) if isinstance(exc, sa_exc.SQLAlchemyError) else str(exc)
         ctx.ledger.finish(row_id, "failed", started_at=started, error=line)
@@ -468,6 +487,17 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
     for note in notes:
         log.info("%s reverted: %s", where, note)
     return StepResult(applied.step_id, "reverted", time.monotonic() - t0, len(notes), notes)
+
+
+def drop_reverse_capture(ctx: RunContext, applied: HistoryRow) -> list[str]:
+    """The run succeeded: nothing will be replayed back; drop the reverse capture (and any guard) on the new table."""
+    rev = applied.actions.extra["reverse_capture"]
+    now = switching.names_after(applied.actions.extra["switch"], True)
+    sql = capture_sql(dialect_for(ctx.engine))
+    with ctx.engine.begin() as conn:
+        sql.guard_writes(conn, CaptureNames(now.new, rev["change_table"], rev["trigger"], tuple(rev["key"])), False)
+        sql.drop(conn, CaptureNames(rev["table"], rev["change_table"], rev["trigger"], tuple(rev["key"])))
+    return [f"dropped the reverse capture on {now.new} ({rev['change_table']}): the run can no longer roll back"]
 
 
 def revert_unswitched(ctx: RunContext, applied: HistoryRow) -> StepResult:
@@ -480,6 +510,13 @@ def revert_unswitched(ctx: RunContext, applied: HistoryRow) -> StepResult:
         note = "never switched; dropped the reverse capture"
         ctx.ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps([note]), conn=conn)
     return StepResult(applied.step_id, "reverted", 0.0, 1, [note])
+
+
+def _table_exists(engine: Engine, table: str) -> bool:
+    from sqlalchemy import inspect
+
+    schema, _, name = table.rpartition(".")
+    return inspect(engine).has_table(name, schema=schema or None)
 
 
 def capture_names_trigger(extra: dict[str, Any]) -> str:

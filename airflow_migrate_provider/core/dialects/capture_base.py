@@ -78,8 +78,14 @@ class CaptureSql(ABC):
         """(changes not replayed, age in seconds of the oldest of them; 0 when none)."""
 
     @abstractmethod
-    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool) -> None:
-        """Make the table refuse writes (a trigger that raises), or lift that."""
+    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool, message: str | None = None) -> None:
+        """Make the table refuse writes (a trigger that raises ``message``), or lift that."""
+
+    @staticmethod
+    def guard_message(names: CaptureNames, message: str | None) -> str:
+        text = message or (f"{names.table} is read-only: the application was switched to the new table by a "
+                           f"migration (cutover); write there")
+        return text.replace("'", "''")
 
     @abstractmethod
     def view_sql(self, conn: Connection, view: str) -> str:

@@ -58,13 +58,12 @@ class PgCaptureSql(CaptureSql):
             f"FROM {self.d.ident(names.change_table)}").one()
         return int(count), float(age)
 
-    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool) -> None:
+    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool, message: str | None = None) -> None:
         fn, trigger = self._function(names, "ro"), self.d.ident(names.guard)
         if not on:
             conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {fn}() CASCADE")
             return
-        message = (f"{names.table} is read-only: the application was switched to the new table by a migration "
-                   f"(cutover); write there").replace("'", "''")
+        message = self.guard_message(names, message)
         conn.exec_driver_sql(f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $am$ BEGIN "
                              f"RAISE EXCEPTION '{message}'; END $am$")
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger} ON {self.d.ident(names.table)}")

@@ -49,13 +49,12 @@ class SqliteCaptureSql(CaptureSql):
                                           f"FROM {self.d.ident(names.change_table)}").one()
         return int(count), max(float(age), 0.0)
 
-    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool) -> None:
+    def guard_writes(self, conn: Connection, names: CaptureNames, on: bool, message: str | None = None) -> None:
         for event in ("insert", "update", "delete"):
             trigger = self.d.ident(f"{names.guard}_{event[0]}")
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
             if on:
-                message = (f"{names.table} is read-only: the application was switched to the new table by a "
-                           f"migration (cutover); write there").replace("'", "''")
+                message = self.guard_message(names, message)
                 conn.exec_driver_sql(f"CREATE TRIGGER {trigger} BEFORE {event.upper()} ON "
                                      f"{self.d.ident(names.table)} BEGIN SELECT RAISE(ABORT, '{message}'); END")
 

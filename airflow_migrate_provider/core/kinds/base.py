@@ -69,6 +69,9 @@ class StepKind(ABC, Generic[S]):
     model: ClassVar[type[BaseModel]]
     operator: ClassVar[str]  # class name of the Airflow operator that runs the kind's tasks
     read_only: ClassVar[bool] = False  # changes nothing: nothing to revert, never re-applied, edits allowed
+    # a backup restore may stand in for a failed revert (False where the tables hold the application's own writes
+    # made during the run, which a restore would drop: dual_write, cutover)
+    restore_replaces_revert: ClassVar[bool] = True
 
     # -- what the step is ---------------------------------------------------------------------------
     def checksum(self, step: S) -> str:
@@ -128,6 +131,11 @@ class StepKind(ABC, Generic[S]):
     def needs_apply_before(self, row: HistoryRow | None) -> bool:
         """Whether a later step must (re-)apply this one first: not applied, given its ledger row."""
         return not self.read_only and row is None
+
+    def on_run_success(self, ctx: RunContext, applied: HistoryRow) -> list[str]:
+        """The run that applied the step succeeded (it can no longer roll back): drop what only a rollback needed.
+        Returns what it did, for the log."""
+        return []
 
     def after_restore(self, conn: Connection, ledger: Ledger, step_id: str) -> None:
         """The step's tables were put back from a backup (inside ``conn``'s transaction): reset own state."""

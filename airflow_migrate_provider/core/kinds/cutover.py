@@ -59,6 +59,7 @@ class CutoverKind(StepKind[CutoverStep]):
     name = "cutover"
     operator = "CutoverOperator"
     model = CutoverStep
+    restore_replaces_revert = False  # the new table holds the application's writes since the switch
 
     def checksum(self, step: CutoverStep) -> str:
         from airflow_migrate_provider.core.capture.cutover import cutover_checksum
@@ -174,6 +175,11 @@ class CutoverKind(StepKind[CutoverStep]):
         if applied.progress >= 1:
             return revert_cutover(ctx, applied, ctx.variables)
         return revert_unswitched(ctx, applied)
+
+    def on_run_success(self, ctx: RunContext, applied: HistoryRow) -> list[str]:
+        from airflow_migrate_provider.core.capture.cutover import drop_reverse_capture
+
+        return drop_reverse_capture(ctx, applied) if applied.progress >= 1 else []
 
     def progress(self, ledger: Any, step: CutoverStep) -> str:
         return ""

@@ -80,6 +80,7 @@ class DualWriteKind(StepKind[DualWriteStep]):
     name = "dual_write"
     operator = "DualWriteOperator"
     model = DualWriteStep
+    restore_replaces_revert = False  # the old table holds the application's writes made during the run
 
     def checksum(self, step: DualWriteStep) -> str:
         return digest(step.model_dump(mode="json", include={"source", "target", "key", "columns",
@@ -232,7 +233,11 @@ class DualWriteKind(StepKind[DualWriteStep]):
         try:
             with ctx.source_or_target.begin() as conn:
                 capture_sql(dialect_for(ctx.source_or_target)).drop(conn, names)
+            reverse = CaptureNames.of(ctx.plan_id, applied.step_id, "reverse", table, _key_of(applied))
             with ctx.engine.begin() as conn:
+                new_side = capture_sql(dialect_for(ctx.engine))  # a cutover that died before it recorded a switch
+                new_side.guard_writes(conn, reverse, False)
+                new_side.drop(conn, reverse)
                 deleted = _empty(conn, table)
                 Checkpoints(ctx.plan_id, applied.step_id).clear(conn)
                 notes = [f"dropped the capture on {capture.table} ({capture.change_table})",
@@ -257,6 +262,11 @@ class DualWriteKind(StepKind[DualWriteStep]):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _key_of(applied: HistoryRow) -> list[str]:
+    """The new table's key columns, as recorded by the history copy action."""
+    return list(next(a.key for a in applied.actions.do if isinstance(a, CopyRange)))
+
+
 def _has_table(conn: Connection, table: str) -> bool:
     schema, _, name = table.rpartition(".")
     return inspect(conn).has_table(name, schema=schema or None)

@@ -168,8 +168,6 @@ class CutoverStep(StrictModel):
                            "before the cutover; its body summarises the verification.")
     window: CutoverWindow | None = Field(default=None, description="Only cut over inside this window.")
     smoke: list[SmokeCheck] = Field(default_factory=list, description="Checks right after the switch.")
-    checksums: bool = Field(default=True, description="Compare checksums of both tables (besides row counts) at the "
-                            "lock's snapshot, after releasing the lock.")
     tags: list[str] = Field(default_factory=list, description="Free-form labels.")
 
     @field_validator("id", "dual_write")
