@@ -201,6 +201,9 @@ def test_cutover_with_live_writers_loses_no_write_and_rolls_back_with_none_lost(
     assert_holds_every_write(writers, pairing.new, live, layout)
     assert writers.ops["key_update"] > 0 and writers.ops["delete"] > 0
     assert any("lock held" in line for line in result.verified)
+    if pairing.old is pairing.new:  # one database: every row compared as of the lock
+        assert any(line.startswith("rows at the switch:") and "all equal" in line for line in result.verified), \
+            result.verified
 
     # the old table refuses writes after the switch
     with pytest.raises(Exception, match="read-only"), pairing.old.begin() as conn:
@@ -286,3 +289,20 @@ def test_a_failed_switch_back_is_never_replaced_by_a_backup_restore(tmp_path) ->
         rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who, backup=SimpleNamespace(id="b1"))  # type: ignore[arg-type]
     assert inspect(engine).has_table("users_old")  # nothing was restored over the live table
     engine.dispose()
+
+
+def test_rows_are_compared_at_the_switch_and_a_difference_switches_back(pairing: Pairing) -> None:
+    if pairing.old is not pairing.new:
+        pytest.skip("two databases: counts at the lock's snapshot (rows are compared by the verify task)")
+    from airflow_migrate_provider.core.kinds.cutover import cutover_of
+
+    ctx, dual_write, cutover = _context(pairing)
+    kind_named("dual_write").apply(ctx, dual_write)
+    with pairing.new.begin() as conn:  # diverges after the verify task, before the switch
+        conn.exec_driver_sql(f"UPDATE {dual_write.target} SET email = 'tampered@example.com' "
+                             f"WHERE {dual_write.key[0]} = 7")
+    with pytest.raises(CutoverFailed, match=r"at the switch the new table differs from the old one on 1 key\(s\): 7"):
+        cutover_of(ctx, cutover).switch()
+    rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+    assert pairing.route is None or pairing.route()[1:] == ("users", "old")
+    assert inspect(pairing.old).has_table("users") and not inspect(pairing.old).has_table("users_old")

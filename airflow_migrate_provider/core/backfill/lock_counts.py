@@ -64,6 +64,12 @@ class LockCounts:
         return (count_source(source) if isinstance(source, Connection) else source,
                 count_target(target) if isinstance(target, Connection) else target)
 
+    def snapshot_connection(self, side: int) -> Connection | None:
+        """Side ``side``'s snapshot connection (after :meth:`take`), to read more at the lock's snapshot; None where
+        that side was counted under the lock. Valid until ``stack`` closes."""
+        found = self._at_lock[side] if self._at_lock else None
+        return found if isinstance(found, Connection) else None
+
     @property
     def when(self) -> str:
         """How the counts relate to the lock, for the log and the ledger's verification text."""

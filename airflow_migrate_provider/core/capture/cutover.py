@@ -82,7 +82,7 @@ class SwitchReport:
     def to_json(self) -> dict[str, Any]:
         return {"lock_seconds": round(self.lock_seconds, 3), "final_changes": self.final_changes,
                 "old_rows": self.old_rows, "new_rows": self.new_rows, "counted": self.counted,
-                "switched": self.switched, "stragglers": self.stragglers}
+                "switched": self.switched, "stragglers": self.stragglers, "notes": self.notes}
 
 
 class Cutover:
@@ -175,22 +175,37 @@ class Cutover:
                 f"gives different values): {listed}. Nothing was switched.")
         return {"step": self.step.id, "passed": True, "summary": summary, "in_flight": in_flight}
 
-    def _differing_keys_in_sql(self, cap: int = 10_000) -> tuple[set[tuple[Any, ...]], str, int]:
-        """Both tables in one database: the keys whose rows differ, by one EXCEPT query each way (one snapshot)."""
-        spec = self.forward.spec
+    def _differing_keys_in_sql(self, cap: int = 10_000, conn: Connection | None = None,
+                               replayer: Replayer | None = None) -> tuple[set[tuple[Any, ...]], str, int]:
+        """Both tables in one database: the keys whose rows differ, by one EXCEPT query each way (one snapshot:
+        ``conn``'s, e.g. the lock's, else a connection of its own). ``replayer`` names the tables (after a rename)."""
+        spec = (replayer or self.forward).spec
         rows = f"SELECT {spec.select_list(spec.fast_path)} FROM {spec.source_from}{spec.where(None)}"
         new = f"SELECT {', '.join(spec.column_idents)} FROM {spec.target_table}"
         keys = ", ".join(spec.key_idents)
         sql = (f"SELECT {keys} FROM ({rows} EXCEPT {new}) AS only_old UNION "
                f"SELECT {keys} FROM ({new} EXCEPT {rows}) AS only_new")
-        with self.old_engine.connect() as conn:
+        count = f"SELECT count(*) FROM {spec.source_from}{spec.where(None)}"
+        if conn is not None:
             found = [tuple(r) for r in conn.exec_driver_sql(sql).fetchmany(cap + 1)]
-            total = int(conn.exec_driver_sql(f"SELECT count(*) FROM {spec.source_from}{spec.where(None)}").scalar()
-                        or 0)
-            conn.rollback()
+            total = int(conn.exec_driver_sql(count).scalar() or 0)
+        else:
+            with self.old_engine.connect() as own:
+                found = [tuple(r) for r in own.exec_driver_sql(sql).fetchmany(cap + 1)]
+                total = int(own.exec_driver_sql(count).scalar() or 0)
+                own.rollback()
         detail = (f"{total:,} rows compared in SQL (EXCEPT both ways), "
                   + (f"{len(found):,} key(s) differ" if found else "all equal"))
         return set(found[:cap]), detail, max(len(found) - cap, 0)
+
+    def _compare_at_the_switch(self, conn: Connection, replayer: Replayer, report: SwitchReport) -> None:
+        """Both tables in one database: every row compared as of the lock (nothing is in flight then)."""
+        found, detail, unlisted = self._differing_keys_in_sql(conn=conn, replayer=replayer)
+        report.notes.append(f"rows at the switch: {detail}")
+        if found or unlisted:
+            keys = ", ".join(repr(k[0] if len(k) == 1 else k) for k in sorted(found, key=repr)[:10])
+            raise CutoverFailed(f"{self.where}: at the switch the new table differs from the old one on "
+                                f"{len(found) + unlisted:,} key(s): {keys}; rolling back switches reads back")
 
     def _pending_keys(self) -> set[tuple[Any, ...]]:
         names = capture_names(self.ctx.plan_id, self.dw)
@@ -312,6 +327,8 @@ class Cutover:
                 final = self.forward.drain(self.dw.replay.batch_changes, within=within)
                 report.final_changes = final.changes
                 counts.take((lconn if self.shared else None, lconn if self.shared else None))
+                if self.shared:  # one connection, no snapshot to read later: compare now
+                    self._compare_at_the_switch(lconn, self.forward, report)
                 held = time.monotonic() - t0
                 if held > self.step.max_lock_seconds:
                     raise CutoverFailed(
@@ -331,6 +348,9 @@ class Cutover:
             names["now"] = switching.names_after(recorded, True)
             report.old_rows, report.new_rows = counts.finish()
             report.counted = counts.when
+            snapshot = counts.snapshot_connection(0)
+            if snapshot is not None and self.forward.spec.same_database:
+                self._compare_at_the_switch(snapshot, self._forward_now(recorded), report)
         report.switched = switching.describe(recorded)
         log.info("%s: switched (%s); write lock on %s held %.3f s (max %g s), final replay %s changes; rows: old %s, "
                  "new %s (%s)", self.where, report.switched, self.dw.source.table, report.lock_seconds,

@@ -157,6 +157,7 @@ class CutoverKind(StepKind[CutoverStep]):
                 raise CutoverFailed(f"{wait.why}; outside Airflow a cutover does not wait for its window") from None
             report = cut.switch()
             notes.append(f"switched ({report.switched}); lock held {report.lock_seconds:.3f} s")
+            notes += report.notes
         notes += cut.smoke()
         notes += cut.disable_old_writes()
         return StepResult(step.id, "applied", time.monotonic() - t0, len(notes), notes)
