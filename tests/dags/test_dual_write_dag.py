@@ -95,6 +95,14 @@ def test_dual_write_dag_cuts_over_with_live_writers_and_loses_nothing(app_db, ru
     assert writers.ops["key_update"] > 0 and writers.ops["delete"] > 0
     with pytest.raises(Exception, match="read-only"), engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM users_old WHERE id = 2")
+    # the approval showed the verification's summary, rendered from its XCom (the plan's own text stays literal)
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+
+    approve = next(ti for ti in dag_run.get_task_instances() if ti.task_id == APPROVE)
+    with create_session() as session:
+        body = session.get(HITLDetail, approve.id).body
+    assert "**Summary**: users → users_v2: " in body and "rows compared in SQL" in body, body
     # the run can no longer roll back: no capture is left on either table
     assert query(db.sqlalchemy_url, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'am_chg_%'") == [(0,)]
     assert query(db.sqlalchemy_url, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'am_cap_%'") == [(0,)]
