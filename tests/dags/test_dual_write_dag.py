@@ -181,3 +181,23 @@ def test_approval_timeout_fails_safe_with_nothing_switched(app_db, run_plan):
     assert query(db.sqlalchemy_url, "SELECT to_regclass('users_v2') IS NULL, to_regclass('users_old') IS NULL") \
         == [(True, True)]
     assert_holds_every_write(writers, engine, "users")
+
+
+def test_cutover_waits_deferred_for_its_window_then_switches(app_db, run_plan):
+    """The window opens at the next minute: wait_window defers (DateTimeTrigger) until then, then the cutover runs."""
+    from datetime import datetime, timedelta, timezone
+
+    db, engine = app_db
+    now = datetime.now(timezone.utc)
+    opens = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    plan = dual_write_plan("dw_dag_window")
+    plan["steps"][2]["window"] = {"start": opens.strftime("%H:%M"),
+                                  "end": (opens + timedelta(minutes=30)).strftime("%H:%M"), "timezone": "UTC"}
+    dag_run, writers, _ = run_with_writers(run_plan, plan, db, "Approve")
+
+    assert dag_run.state == "success", states(dag_run)
+    wait = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "steps.switch_users.wait_window")
+    assert wait.end_date >= opens  # it waited for the window to open
+    switch = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "steps.switch_users.switch")
+    assert switch.start_date >= opens
+    assert_holds_every_write(writers, engine, "users")

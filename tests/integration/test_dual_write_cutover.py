@@ -306,3 +306,35 @@ def test_rows_are_compared_at_the_switch_and_a_difference_switches_back(pairing:
     rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
     assert pairing.route is None or pairing.route()[1:] == ("users", "old")
     assert inspect(pairing.old).has_table("users") and not inspect(pairing.old).has_table("users_old")
+
+
+@pytest.mark.parametrize("outside", ["wait", "fail"])
+def test_the_window_defers_or_fails_safe_outside_it(tmp_path, outside: str) -> None:
+    from datetime import datetime, timezone
+
+    from airflow_migrate_provider.errors import CutoverDeferral
+
+    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    engine = _engine(url)
+    seed_users(engine)
+    create_same_layout(engine)
+    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
+                              switch="{rename: {old_table_becomes: users_old}}")
+    steps += (f"    window: {{days: [sun], start: '02:00', end: '06:00', timezone: Europe/Berlin, "
+              f"outside: {outside}}}\n")
+    p = Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old")
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+    wednesday = datetime(2026, 12, 2, 14, 0, tzinfo=timezone.utc)
+    sunday_night = datetime(2026, 12, 6, 2, 30, tzinfo=timezone.utc)  # 03:30 in Berlin
+
+    kind_named("cutover").window_check(cutover, ctx, now=sunday_night)  # open: no exception
+    if outside == "wait":
+        with pytest.raises(CutoverDeferral) as wait:
+            kind_named("cutover").window_check(cutover, ctx, now=wednesday)
+        assert wait.value.until == datetime(2026, 12, 6, 1, 0, tzinfo=timezone.utc)  # Sunday 02:00 Berlin
+    else:
+        with pytest.raises(CutoverFailed, match=r"fail outside the window.*nothing was switched"):
+            kind_named("cutover").window_check(cutover, ctx, now=wednesday)
+    assert not inspect(engine).has_table("users_old")
+    engine.dispose()
