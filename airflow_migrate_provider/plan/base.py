@@ -43,3 +43,25 @@ def _sql_list(value: Any) -> Any:
     if not isinstance(value, list):
         raise PydanticCustomError("sql_list", "must be SQL text or a list of SQL texts")
     return value
+
+
+def table_name(value: str) -> str:
+    """A table name as plans give it: ``name`` or ``schema.name`` (the whole text must match)."""
+    if not QUALIFIED_NAME.fullmatch(value):
+        raise PydanticCustomError("table_name", "'{name}' is not a table name (name or schema.name)", {"name": value})
+    return value
+
+
+def key_columns(value: list[str]) -> list[str]:
+    """Key column names: plain names, none repeated."""
+    for name in value:
+        if not COLUMN_NAME.fullmatch(name):
+            raise PydanticCustomError("column_name", "'{name}' is not a column name", {"name": name})
+    if len(set(value)) != len(value):
+        raise PydanticCustomError("key_repeats", "key columns repeat: {key}", {"key": value})
+    return value
+
+
+def one_or_many(value: Any) -> Any:
+    """Accept a single name where a list of names is expected."""
+    return [value] if isinstance(value, str) else value

@@ -151,9 +151,12 @@ class Replayer:
         """Keys named by change rows ``lo..hi`` that have no (matching) row on the captured side now."""
         spec, src = self.spec, self.spec.src
         kcols = self.capture.change_columns(self.names)
-        sql = (f"SELECT DISTINCT {', '.join(kcols)} FROM {src.ident(self.names.change_table)} WHERE seq >= "
-               f"{src.param('lo')} AND seq <= {src.param('hi')} AND {src.row(kcols)} NOT IN "
-               f"(SELECT {', '.join(spec.key_exprs)} FROM {spec.source_from}{spec.where(None)})")
+        # an anti-join on the key (NOT EXISTS): NOT IN (subquery) makes PostgreSQL read the whole table per batch,
+        # or per change row once the keys do not fit in work_mem
+        match = " AND ".join(f"{e} = am_c.{k}" for e, k in zip(spec.key_exprs, kcols, strict=True))
+        sql = (f"SELECT DISTINCT {', '.join(f'am_c.{k}' for k in kcols)} FROM {src.ident(self.names.change_table)} "
+               f"AS am_c WHERE am_c.seq >= {src.param('lo')} AND am_c.seq <= {src.param('hi')} AND NOT EXISTS "
+               f"(SELECT 1 FROM {spec.source_from}{spec.where(match)})")
         return [tuple(r) for r in sconn.exec_driver_sql(sql, {"lo": lo, "hi": hi}).all()]
 
     def _delete_keys(self, tconn: Connection, keys: list[tuple[Any, ...]]) -> int:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from airflow_migrate_provider.plan.base import COLUMN_NAME, QUALIFIED_NAME, StrictModel, _identifier
+from airflow_migrate_provider.plan.base import (
+    QUALIFIED_NAME,
+    StrictModel,
+    _identifier,
+    key_columns,
+    one_or_many,
+    table_name,
+)
 
 
 class BackfillSource(StrictModel):
@@ -133,33 +140,14 @@ class BackfillStep(StrictModel):
     )
     tags: list[str] = Field(default_factory=list, description="Free-form labels.")
 
-    @field_validator("key", mode="before")
-    @classmethod
-    def _listify_key(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+    _listify_key = field_validator("key", mode="before")(one_or_many)
+    _target_shape = field_validator("target")(table_name)
+    _key_shape = field_validator("key")(key_columns)
 
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
         return _identifier("step_id", v)
-
-    @field_validator("target")
-    @classmethod
-    def _target_shape(cls, v: str) -> str:
-        if not QUALIFIED_NAME.match(v):
-            raise PydanticCustomError("table_name", "'{name}' is not a table name (name or schema.name)",
-                                      {"name": v})
-        return v
-
-    @field_validator("key")
-    @classmethod
-    def _key_shape(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not COLUMN_NAME.match(name):
-                raise PydanticCustomError("column_name", "'{name}' is not a column name", {"name": name})
-        if len(set(v)) != len(v):
-            raise PydanticCustomError("key_repeats", "key columns repeat: {key}", {"key": v})
-        return v
 
     @model_validator(mode="after")
     def _phases_need_watermark(self) -> BackfillStep:
