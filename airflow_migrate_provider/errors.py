@@ -286,7 +286,7 @@ class TransientCaptureError(CaptureError, TransientError):
 
 
 class CutoverFailed(MigrateError):
-    """A cutover stopped: the lock held past its budget, counts or checksums differ at the lock's snapshot, a
+    """A cutover stopped: the lock held past its budget, rows or counts differ at the switch, the tables diverge, a
     switch or smoke check failed, the window closed. Rollback switches back (if it switched) and replays back."""
 
     def __new__(cls, message: str, transient: bool | None = None) -> CutoverFailed:

@@ -91,7 +91,8 @@ def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: B
                     f"reverting step '{row.step_id}' failed: {exc}\n"
                     f"reverted so far: {[r.step_id for r in report.reverted] or 'none'}; still applied by this "
                     f"run: {[r.step_id for r in remaining]} ({why}). Fix the cause and clear the rollback task "
-                    f"to retry, or restore the affected tables from a backup (`airflow-migrate restore`)."
+                    f"to retry" + ("." if live_writes else ", or restore the affected tables from a backup "
+                                   "(`airflow-migrate restore`).")
                 ) from exc
             report.revert_failed = f"{row.step_id}: {exc}"
             log.error("reverting step '%s' failed: %s. Restoring the tables from backup %s instead, for it and "

@@ -46,9 +46,9 @@ class CutoverOperator(MigrationOperator):
                 except CutoverDeferral as wait:
                     pending = wait
             elif self.phase == "switch":
-                try:  # the catch-up before may have outlasted the window: never start a switch it cannot finish
+                try:  # a catch-up may outlast the window: checked again right before the lock
                     kind.window_check(step, ctx)
-                    return {"step": step.id, **cut.switch().to_json()}
+                    return {"step": step.id, **cut.switch(before_lock=lambda: kind.window_check(step, ctx)).to_json()}
                 except CutoverDeferral as wait:
                     pending = wait
             elif self.phase == "smoke":

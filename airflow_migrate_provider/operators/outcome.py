@@ -54,7 +54,9 @@ class MigrationOutcomeOperator(MigrationOperator):
                 for line in runner.after_success():
                     self.log.info("after success: %s", line)
         except (MigrateError, SQLAlchemyError) as exc:
-            self.log.error("the migration succeeded, but cleaning up after it failed: %s", exc)
+            self.log.error("the migration succeeded, but cleaning up after it failed: %s. What a rollback would have "
+                           "needed may remain on the new table: triggers named am_cap_* and a table am_chg_* (see "
+                           "the cutover step's ledger row); drop them by hand, or re-run this task", exc)
 
     def _summarize_and_release(self, plan: Plan, who: RunIdentity, states: dict[str, str]) -> None:
         engine, _ = self.open_target()

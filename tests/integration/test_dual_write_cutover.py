@@ -49,14 +49,17 @@ class DictVariables:
 class FlagServer:
     """A feature-flag service on loopback: POST /flag {"live": "new"|"old"}; the writers read ``live``."""
 
-    def __init__(self, fail_switch: bool = False) -> None:
-        self.live, self.fail_switch = "old", fail_switch
+    def __init__(self, fail_switch: bool = False, apply_then_fail: bool = False) -> None:
+        self.live, self.fail_switch, self.apply_then_fail = "old", fail_switch, apply_then_fail
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 if server.fail_switch and body.get("live") == "new":
+                    self.send_response(503)
+                elif server.apply_then_fail and body.get("live") == "new":
+                    server.live = "new"  # it switched, but the answer says it did not
                     self.send_response(503)
                 else:
                     server.live = body.get("live", server.live)
@@ -337,4 +340,98 @@ def test_the_window_defers_or_fails_safe_outside_it(tmp_path, outside: str) -> N
         with pytest.raises(CutoverFailed, match=r"fail outside the window.*nothing was switched"):
             kind_named("cutover").window_check(cutover, ctx, now=wednesday)
     assert not inspect(engine).has_table("users_old")
+    engine.dispose()
+
+
+
+def _sqlite_rename(tmp_path) -> tuple[Pairing, Engine]:
+    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    engine = _engine(url)
+    seed_users(engine)
+    create_same_layout(engine)
+    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
+                              switch="{rename: {old_table_becomes: users_old}}")
+    return Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old"), engine
+
+
+def test_a_switch_that_answers_an_error_after_switching_is_switched_back(pg_database_factory) -> None:
+    with pg_database_factory() as old_db, pg_database_factory() as new_db:
+        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        seed_users(old)
+        create_same_layout(new, "users")
+        flag = FlagServer(apply_then_fail=True)
+        switch = (f'{{http: {{switch: {{url: "{flag.url}/flag", body: {{live: new}}}}, '
+                  f'switch_back: {{url: "{flag.url}/flag", body: {{live: old}}}}}}}}')
+        p = Pairing("x", old, new, old_db.sqlalchemy_url, new_db.sqlalchemy_url,
+                    DUAL_WRITE.format(target="users", key="id", columns="{}", reverse="{}", live="users",
+                                      switch=switch), None, ("users", "old"), "users")
+        ctx, dual_write, cutover = _context(p)
+        kind_named("dual_write").apply(ctx, dual_write)
+        with pytest.raises(CutoverFailed, match="answered 503"):
+            kind_named("cutover").apply(ctx, cutover)
+        assert flag.live == "new"  # the flag moved although the call failed
+        report = rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+        assert [r.step_id for r in report.reverted] == ["cut_over", "sync_users"]
+        assert flag.live == "old"  # the rollback switched it back
+        flag.close()
+        old.dispose()
+        new.dispose()
+
+
+def test_a_retried_rollback_of_a_rename_finds_the_names_already_swapped_back(tmp_path) -> None:
+    p, engine = _sqlite_rename(tmp_path)
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+    kind_named("cutover").apply(ctx, cutover)
+    with engine.begin() as conn:  # an earlier try swapped the names back, then died
+        conn.exec_driver_sql("DROP TRIGGER IF EXISTS am_ro_x")
+        conn.exec_driver_sql("ALTER TABLE users RENAME TO users_v2")
+        conn.exec_driver_sql("ALTER TABLE users_old RENAME TO users")
+    report = rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+    cut = next(r for r in report.reverted if r.step_id == "cut_over")
+    assert "the names were swapped back by an earlier try" in cut.verified
+    assert inspect(engine).has_table("users") and not inspect(engine).has_table("users_old")
+    with engine.begin() as conn:  # the old table takes writes again
+        conn.exec_driver_sql("DELETE FROM users WHERE id = 5")
+    engine.dispose()
+
+
+def test_after_a_switch_back_the_new_table_refuses_writes_until_the_dual_write_is_reverted(tmp_path) -> None:
+    p, engine = _sqlite_rename(tmp_path)
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+    kind_named("cutover").apply(ctx, cutover)
+    StepRunner.of(ctx).revert(ctx.ledger.applied()["cut_over"])  # only the cutover: the dual_write stays applied
+    with pytest.raises(Exception, match="rolling back"), engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE users_v2 SET theme = 'stale flag' WHERE id = 3")
+    # the dual_write stays applied: its replay lifts the guard and keeps the new table in sync again
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE users SET theme = 'after rollback' WHERE id = 3")
+    kind_named("dual_write").replay(ctx, dual_write)  # lifts the guard (the lag is under the threshold already)
+    from airflow_migrate_provider.core.kinds.dual_write import forward_replayer
+
+    assert forward_replayer(ctx, dual_write).drain(100).changes == 1
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT theme FROM users_v2 WHERE id = 3").scalar() == "after rollback"
+    engine.dispose()
+
+
+def test_the_dual_write_revert_drops_a_reverse_capture_a_dead_cutover_left(tmp_path, monkeypatch) -> None:
+    from airflow_migrate_provider.core.capture.cutover import Cutover
+    from airflow_migrate_provider.core.kinds.cutover import cutover_of
+
+    p, engine = _sqlite_rename(tmp_path)
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+
+    def die(*_args: Any) -> None:  # the worker is killed after installing the reverse capture
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Cutover, "_switch_under_lock", die)
+    monkeypatch.setattr(Cutover, "_abandon", lambda *args: None)  # a killed worker cleans nothing up
+    with pytest.raises(KeyboardInterrupt):
+        cutover_of(ctx, cutover).switch()
+    assert len([t for t in inspect(engine).get_table_names() if t.startswith("am_chg_")]) == 2
+    rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+    assert [t for t in inspect(engine).get_table_names() if t.startswith("am_chg_")] == []
     engine.dispose()

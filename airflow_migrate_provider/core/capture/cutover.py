@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -46,6 +47,7 @@ from airflow_migrate_provider.core.kinds.dual_write import (
     REVERSE_SLOT,
     capture_names,
     forward_replayer,
+    lift_reverse_guard,
 )
 from airflow_migrate_provider.core.ledger import HistoryRow, as_utc
 from airflow_migrate_provider.core.step_result import StepResult
@@ -55,6 +57,9 @@ from airflow_migrate_provider.plan.model import BackfillStep, CutoverStep, DualW
 log = logging.getLogger(__name__)
 
 SMALL_LAG = 1_000  # changes left for the final replay under the lock, at most
+# the cutover's ledger row progress: a Variable/HTTP switch may have been sent (a rollback switches back, which is
+# harmless if it was not), or the switch is done
+MAYBE_SWITCHED, SWITCHED = 1, 2
 
 
 def cutover_checksum(step: CutoverStep) -> str:
@@ -142,11 +147,13 @@ class Cutover:
 
     # -- verify: consistency while writes continue ---------------------------------------------------
     def verify(self) -> dict[str, Any]:
-        """Compare the old table (through the transform) with the new one, every row by checksums; differences
-        on keys with changes not yet replayed are in flight, not divergence. Divergent keys fail it."""
+        """Compare every row of the old table (through the transform) with the new one (one EXCEPT query each way
+        in one database, checksums with drill-down across two); differences on keys with changes not yet replayed
+        are in flight, not divergence. Divergent keys fail it."""
         from airflow_migrate_provider.core.verify.base import Side
         from airflow_migrate_provider.core.verify.checksums import checksums
 
+        lift_reverse_guard(self.ctx, self.dw)
         self.forward.replay_until(self.dw.replay.batch_changes, lambda n, _a: n <= self.dw.replay.batch_changes,
                                   check=self.ctx.lock.check)
         if self.forward.spec.same_database:
@@ -252,25 +259,22 @@ class Cutover:
                                                                                                self.dw).key)}}
         return ActionPlan("cutover", tuple(do), tuple(undo), transactional=False, extra=extra)
 
-    def switch(self) -> SwitchReport:
-        """Steps 1-3 of the module docstring. A no-op when this step already switched."""
+    def switch(self, before_lock: Callable[[], None] | None = None) -> SwitchReport:
+        """Steps 1-3 of the module docstring. A no-op when this step already switched. ``before_lock`` runs after
+        the catch-up, right before anything is recorded (the window check: the catch-up may have outlasted it)."""
         row = self._row()
-        if row is not None and row.progress >= 1:
+        if row is not None and row.progress >= SWITCHED:
             recorded = row.actions.extra["switch"]
-            if not self.step.switch_reads.in_database:  # the try that recorded it may have died before the call
-                switching.switch(recorded, None, None, self.variables)
-                log.info("%s: switched by %s; sent the switch again in case that try died before sending it",
-                         self.where, row.by)
-            else:
-                log.info("%s: already switched by %s", self.where, row.by)
+            log.info("%s: already switched by %s", self.where, row.by)
             return SwitchReport(switched=switching.describe(recorded), notes=[f"switched by {row.by}"])
         spec = self.forward.spec  # resolved before any lock: introspection needs its own connections
         self.forward.copier  # noqa: B018 - same
         self._check_reverse()
         reverse = self.reverse_names()
-        with self.new_engine.begin() as conn:  # a rollback of an earlier cutover left the new table refusing writes
-            self.new_sql.guard_writes(conn, reverse, False)
+        lift_reverse_guard(self.ctx, self.dw)
         self.catch_up()
+        if before_lock is not None:
+            before_lock()
         with self.old_engine.connect() as conn:
             recorded = switching.prepare_switch(self.step.switch_reads, self.dw.source.table, self.dw.target, conn,
                                                 self.old_sql, self.variables)
@@ -282,6 +286,8 @@ class Cutover:
             self.new_sql.install(conn, reverse)
         report = SwitchReport()
         try:
+            if not self.step.switch_reads.in_database:  # durable before the call: a rollback then switches back
+                self.ctx.ledger.record_progress(row_id, MAYBE_SWITCHED)
             self._switch_under_lock(spec, recorded, row_id, report)
         except BaseException as exc:
             self._abandon(row_id, started, reverse, exc)
@@ -340,11 +346,12 @@ class Cutover:
                     self.old_sql.guard_writes(lconn, self._guard_names(names["now"].old), True)
                 if in_database:
                     switching.switch(recorded, lconn, self.old_sql, self.variables)
-                    self.ctx.ledger.record_progress(row_id, 1, conn=lconn)  # one database: atomic with the switch
-                else:  # recorded first: switching back a flag that was never switched is harmless
-                    self.ctx.ledger.record_progress(row_id, 1, conn=lconn if self.shared else None)
+                    self.ctx.ledger.record_progress(row_id, SWITCHED, conn=lconn)  # one database: atomic with it
+                else:
                     switching.switch(recorded, None, None, self.variables)
                 report.lock_seconds = time.monotonic() - t0
+            if not in_database:
+                self.ctx.ledger.record_progress(row_id, SWITCHED)
             names["now"] = switching.names_after(recorded, True)
             report.old_rows, report.new_rows = counts.finish()
             report.counted = counts.when
@@ -413,7 +420,7 @@ class Cutover:
     def disable_old_writes(self) -> list[str]:
         """Replay the last old-side writes, drop the forward capture, make the old table read-only; applied."""
         row = self._row()
-        if row is None or row.progress < 1:
+        if row is None or row.progress < SWITCHED:
             raise CutoverFailed(f"{self.where}: reads were not switched (the switch task did not finish): nothing "
                                 f"to disable")
         if row.status == "applied":
@@ -477,16 +484,18 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
         with lock_dialect.write_lock(new_engine, [now.new], 60.0) as lconn:
             totals = replayer.drain(reverse_step.batch.rows, within=lconn if shared else None)
             notes.append(f"replayed {totals.changes:,} write(s) made on the new side back into {now.old}")
+            notes += _recapture_old_table(extra, now.old, old_engine, old_sql, lconn if shared else None)
             # a write that waited for the lock fails, not lost
-            new_sql.guard_writes(lconn, reverse_guard, True, message=f"{now.new} is being switched back to "
-                                 f"{recorded['old_table']} by a migration rollback: write there")
+            new_sql.guard_writes(lconn, reverse_guard, True, message=f"{now.new} is a migration's new table and the "
+                                 f"migration is rolling back: write to the old table ({recorded['old_table']} once "
+                                 f"the rollback is done)")
             if not still_switched:
-                notes.append("already switched back by an earlier try")
-            elif recorded["how"] in ("view", "rename"):
-                switching.switch(recorded, lconn, old_sql, variables, back=True)
+                notes.append("the names were swapped back by an earlier try")
             else:
-                switching.switch(recorded, None, None, variables, back=True)
-            notes.append(f"switched back: {switching.describe(recorded, back=True)}")
+                in_database = recorded["how"] in ("view", "rename")
+                switching.switch(recorded, lconn if in_database else None, old_sql if in_database else None,
+                                 variables, back=True)
+                notes.append(f"switched back: {switching.describe(recorded, back=True)}")
         after = Replayer(ctx.plan_id, reverse_step, reverse, new_engine, old_engine, slot,
                          f"{where}: replay back ({reverse_step.source.table} → {reverse_step.target})")
         late = after.drain(reverse_step.batch.rows)
@@ -530,6 +539,21 @@ def revert_unswitched(ctx: RunContext, applied: HistoryRow) -> StepResult:
         note = "never switched; dropped the reverse capture"
         ctx.ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps([note]), conn=conn)
     return StepResult(applied.step_id, "reverted", 0.0, 1, [note])
+
+
+def _recapture_old_table(extra: dict[str, Any], old_now: str, old_engine: Engine, old_sql: CaptureSql,
+                         conn: Connection | None) -> list[str]:
+    """The cutover dropped the old table's capture (disable_old_writes): put it back before switching back, so
+    the dual_write step, still applied until its own revert, captures the application's writes again."""
+    fwd = extra["forward_capture"]
+    names = CaptureNames(old_now, fwd["change_table"], fwd["trigger"], tuple(fwd["key"]))
+    with ExitStack() as stack:
+        conn = conn or stack.enter_context(old_engine.begin())
+        if old_sql.triggers_exist(conn, names):
+            return []
+        old_sql.drop(conn, names)
+        old_sql.install(conn, names)
+    return [f"capturing writes to {old_now} again (the dual_write step is still applied)"]
 
 
 def _table_exists(engine: Engine, table: str) -> bool:

@@ -163,8 +163,10 @@ class CutoverKind(StepKind[CutoverStep]):
         return StepResult(step.id, "applied", time.monotonic() - t0, len(notes), notes)
 
     def verify(self, ctx: RunContext, step: CutoverStep) -> StepResult:
+        from airflow_migrate_provider.core.capture.cutover import SWITCHED
+
         row = ctx.ledger.applied().get(step.id)
-        if row is None or row.progress < 1:
+        if row is None or row.progress < SWITCHED:
             raise CutoverFailed(f"cutover '{step.id}' is not applied: reads were not switched")
         from airflow_migrate_provider.core.capture.switch import describe
 

@@ -53,6 +53,17 @@ def forward_replayer(ctx: RunContext, step: DualWriteStep) -> Replayer:
                     ctx.engine, FORWARD_SLOT, f"replay '{step.id}' ({step.source.table} → {step.target})")
 
 
+def lift_reverse_guard(ctx: RunContext, step: DualWriteStep) -> None:
+    """A rolled-back cutover leaves the new table refusing writes until this step is reverted too; when this step
+    stays applied (applied by an earlier run) its replay, and the next cutover, must write there again."""
+    from airflow_migrate_provider.core.dialects import dialect_for
+    from airflow_migrate_provider.core.dialects.capture import CaptureNames, capture_sql
+
+    reverse = CaptureNames.of(ctx.plan_id, step.id, "reverse", step.target, step.key)
+    with ctx.engine.begin() as conn:
+        capture_sql(dialect_for(ctx.engine)).guard_writes(conn, reverse, False)
+
+
 def history_copy(ctx: RunContext, step: DualWriteStep) -> HistoryCopy:
     from airflow_migrate_provider.core.capture.history import HistoryCopy
 
@@ -109,8 +120,8 @@ class DualWriteKind(StepKind[DualWriteStep]):
                      map_label="label", describe=(
                          f"copies one key range of {src} into {tgt} through the transform, a checkpoint per batch",)),
             TaskSpec("replay", self.operator, {"phase": "replay"}, describe=(
-                f"replays the changes captured meanwhile into {tgt} in batches of {step.replay.batch_changes:,}, "
-                f"until the lag is under {lag}",)),
+                f"replays the bulk of the changes captured meanwhile into {tgt} in batches of "
+                f"{step.replay.batch_changes:,}, until at most one batch (or the threshold) is left",)),
             TaskSpec("catch_up", self.operator, {"phase": "catch_up"}, describe=(
                 f"deferred on the triggerer: keeps replaying, logging the lag every {step.catch_up.poll_seconds:g} s, "
                 f"until it is under {lag} (fails after {step.catch_up.timeout_minutes:g} min)",)),
@@ -166,6 +177,7 @@ class DualWriteKind(StepKind[DualWriteStep]):
         """Replay until caught up (or ``deadline``); checks the run lock before every batch. ``bulk``: stop once
         at most a batch (or the threshold) is left, the rest being the catch-up's."""
         _require_capture(ctx, step)
+        lift_reverse_guard(ctx, step)
         replayer = forward_replayer(ctx, step)
         left = max(step.replay.batch_changes, step.catch_up.max_lag_changes)
 
