@@ -435,3 +435,37 @@ def test_the_dual_write_revert_drops_a_reverse_capture_a_dead_cutover_left(tmp_p
     rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
     assert [t for t in inspect(engine).get_table_names() if t.startswith("am_chg_")] == []
     engine.dispose()
+
+
+def test_a_try_that_died_around_a_variable_switch_is_not_switched_again_but_rolled_back(tmp_path, monkeypatch) -> None:
+    from airflow_migrate_provider.core.capture import switch as switching
+    from airflow_migrate_provider.core.kinds.cutover import cutover_of
+
+    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    engine = _engine(url)
+    seed_users(engine)
+    create_same_layout(engine)
+    variables = DictVariables()
+    variables.set("users_table", "users")
+    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users_v2",
+                              switch="{variable: {key: users_table, value: users_v2}}")
+    p = Pairing("x", engine, engine, url, url, steps, None, ("users_v2", "old"), "users", variables)
+    ctx, dual_write, cutover = _context(p)
+    kind_named("dual_write").apply(ctx, dual_write)
+    real_switch = switching.switch
+
+    def switch_then_die(recorded: dict, *args: Any, **kwargs: Any) -> None:
+        real_switch(recorded, *args, **kwargs)
+        raise KeyboardInterrupt  # the worker is killed right after the Variable was set
+
+    monkeypatch.setattr(switching, "switch", switch_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cutover_of(ctx, cutover).switch()
+    monkeypatch.setattr(switching, "switch", real_switch)
+    assert variables.get("users_table") == "users_v2"
+    with pytest.raises(CutoverFailed, match=r"an earlier try .* died before it finished"):
+        cutover_of(ctx, cutover).switch()  # the retry: fail safe, never record the new value as "previous"
+    rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+    assert variables.get("users_table") == "users"  # switched back to the value from before the first try
+    assert [t for t in inspect(engine).get_table_names() if t.startswith("am_chg_")] == []
+    engine.dispose()

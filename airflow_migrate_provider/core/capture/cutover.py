@@ -83,6 +83,7 @@ class SwitchReport:
     switched: str = ""
     stragglers: int = 0
     notes: list[str] = field(default_factory=list)
+    switch_sent: bool = False  # a Variable/HTTP switch was sent (or its sending began)
 
     def to_json(self) -> dict[str, Any]:
         return {"lock_seconds": round(self.lock_seconds, 3), "final_changes": self.final_changes,
@@ -113,6 +114,11 @@ class Cutover:
 
     def reverse_names(self, new_table: str | None = None) -> CaptureNames:
         return CaptureNames.of(self.ctx.plan_id, self.dw.id, "reverse", new_table or self.dw.target, self.dw.key)
+
+    def switched(self) -> bool:
+        """Whether this step's switch is done (recorded as switched in the ledger)."""
+        row = self._row()
+        return row is not None and row.progress >= SWITCHED
 
     def _forward_now(self, recorded: dict[str, Any]) -> Replayer:
         """The forward replay with the tables' names after the switch (a rename swaps them)."""
@@ -205,14 +211,16 @@ class Cutover:
                   + (f"{len(found):,} key(s) differ" if found else "all equal"))
         return set(found[:cap]), detail, max(len(found) - cap, 0)
 
-    def _compare_at_the_switch(self, conn: Connection, replayer: Replayer, report: SwitchReport) -> None:
+    def _compare_at_the_switch(self, conn: Connection, replayer: Replayer, report: SwitchReport,
+                               switched: bool) -> None:
         """Both tables in one database: every row compared as of the lock (nothing is in flight then)."""
         found, detail, unlisted = self._differing_keys_in_sql(conn=conn, replayer=replayer)
         report.notes.append(f"rows at the switch: {detail}")
         if found or unlisted:
             keys = ", ".join(repr(k[0] if len(k) == 1 else k) for k in sorted(found, key=repr)[:10])
             raise CutoverFailed(f"{self.where}: at the switch the new table differs from the old one on "
-                                f"{len(found) + unlisted:,} key(s): {keys}; rolling back switches reads back")
+                                f"{len(found) + unlisted:,} key(s): {keys}; "
+                                + ("the rollback switches reads back" if switched else "nothing was switched"))
 
     def _pending_keys(self) -> set[tuple[Any, ...]]:
         names = capture_names(self.ctx.plan_id, self.dw)
@@ -267,6 +275,13 @@ class Cutover:
             recorded = row.actions.extra["switch"]
             log.info("%s: already switched by %s", self.where, row.by)
             return SwitchReport(switched=switching.describe(recorded), notes=[f"switched by {row.by}"])
+        if row is not None and row.progress == MAYBE_SWITCHED:
+            sent = switching.describe(row.actions.extra["switch"])
+            raise CutoverFailed(
+                f"{self.where}: an earlier try ({row.by}) sent the switch ({sent}) or was about to, and died before "
+                f"it finished: the application may have written both tables since. "
+                f"Not switching again: the rollback switches back to what was recorded before that try and replays the "
+                f"new side's writes into the old table; run the cutover again afterwards")
         spec = self.forward.spec  # resolved before any lock: introspection needs its own connections
         self.forward.copier  # noqa: B018 - same
         self._check_reverse()
@@ -290,6 +305,8 @@ class Cutover:
                 self.ctx.ledger.record_progress(row_id, MAYBE_SWITCHED)
             self._switch_under_lock(spec, recorded, row_id, report)
         except BaseException as exc:
+            if not report.switch_sent and not self.step.switch_reads.in_database:
+                self.ctx.ledger.record_progress(row_id, 0)  # it failed before the call: nothing to switch back
             self._abandon(row_id, started, reverse, exc)
             raise
         self._after_switch(recorded, report)
@@ -334,11 +351,12 @@ class Cutover:
                 report.final_changes = final.changes
                 counts.take((lconn if self.shared else None, lconn if self.shared else None))
                 if self.shared:  # one connection, no snapshot to read later: compare now
-                    self._compare_at_the_switch(lconn, self.forward, report)
+                    self._compare_at_the_switch(lconn, self.forward, report, switched=False)
                 held = time.monotonic() - t0
                 if held > self.step.max_lock_seconds:
                     raise CutoverFailed(
-                        f"{self.where}: the final replay held the write lock on {self.dw.source.table} {held:.2f} s, "
+                        f"{self.where}: the final replay and checks held the write lock on {self.dw.source.table} "
+                        f"{held:.2f} s, "
                         f"over max_lock_seconds {self.step.max_lock_seconds:g} s ({final.changes:,} changes); "
                         f"nothing was switched. Run closer to the cutover with a smaller lag, or raise "
                         f"max_lock_seconds")
@@ -348,6 +366,7 @@ class Cutover:
                     switching.switch(recorded, lconn, self.old_sql, self.variables)
                     self.ctx.ledger.record_progress(row_id, SWITCHED, conn=lconn)  # one database: atomic with it
                 else:
+                    report.switch_sent = True
                     switching.switch(recorded, None, None, self.variables)
                 report.lock_seconds = time.monotonic() - t0
             if not in_database:
@@ -357,7 +376,7 @@ class Cutover:
             report.counted = counts.when
             snapshot = counts.snapshot_connection(0)
             if snapshot is not None and self.forward.spec.same_database:
-                self._compare_at_the_switch(snapshot, self._forward_now(recorded), report)
+                self._compare_at_the_switch(snapshot, self._forward_now(recorded), report, switched=True)
         report.switched = switching.describe(recorded)
         log.info("%s: switched (%s); write lock on %s held %.3f s (max %g s), final replay %s changes; rows: old %s, "
                  "new %s (%s)", self.where, report.switched, self.dw.source.table, report.lock_seconds,
@@ -467,6 +486,7 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
     row_id, started = ctx.ledger.start(applied.step_id, "revert", applied.checksum, applied.actions, ctx.who)
     try:
         guard = extra["guard"]
+        notes += _recapture_old_table(extra, now.old, old_engine, old_sql, None)  # before the guard lifts
         with old_engine.begin() as conn:
             moved = CaptureNames(now.old, "", capture_names_trigger(extra), ())
             old_sql.guard_writes(conn, moved, False)
@@ -484,7 +504,6 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
         with lock_dialect.write_lock(new_engine, [now.new], 60.0) as lconn:
             totals = replayer.drain(reverse_step.batch.rows, within=lconn if shared else None)
             notes.append(f"replayed {totals.changes:,} write(s) made on the new side back into {now.old}")
-            notes += _recapture_old_table(extra, now.old, old_engine, old_sql, lconn if shared else None)
             # a write that waited for the lock fails, not lost
             new_sql.guard_writes(lconn, reverse_guard, True, message=f"{now.new} is a migration's new table and the "
                                  f"migration is rolling back: write to the old table ({recorded['old_table']} once "
