@@ -45,8 +45,8 @@ class DualWriteOperator(MigrationOperator):
             row = ctx.ledger.applied().get(step.id)
             if row is not None and row.status == "applied" and (self.phase in ("start", "chunk")
                                                                   or not kind.capturing(ctx, step)):
-                self.log.info("dual_write '%s' is applied (by %s) and its capture is off: nothing to do", step.id,
-                              row.by)
+                self.log.info("dual_write '%s' is applied (by %s)%s: nothing to do", step.id, row.by,
+                              "" if self.phase in ("start", "chunk") else " and its capture is off (cut over)")
                 return {"step": step.id, "phase": self.phase, "already": True}
             if self.phase == "start":
                 return history_copy(ctx, step).start()
