@@ -120,13 +120,18 @@ class Cutover:
         row = self._row()
         return row is not None and row.progress >= SWITCHED
 
+    @cached_property
+    def names(self) -> CaptureNames:
+        """The dual_write step's (forward) capture on the old table."""
+        return capture_names(self.ctx.plan_id, self.dw)
+
     def _forward_now(self, recorded: dict[str, Any]) -> Replayer:
         """The forward replay with the tables' names after the switch (a rename swaps them)."""
         now = switching.names_after(recorded, True)
         if (now.old, now.new) == (self.dw.source.table, self.dw.target):
             return self.forward
         step = _renamed(self.dw.history_step(), now.old, now.new)
-        return Replayer(self.ctx.plan_id, step, capture_names(self.ctx.plan_id, self.dw), self.old_engine,
+        return Replayer(self.ctx.plan_id, step, self.names, self.old_engine,
                         self.new_engine, FORWARD_SLOT, f"{self.where}: replay ({now.old} → {now.new})")
 
     def _check_reverse(self) -> None:
@@ -223,11 +228,10 @@ class Cutover:
                                 + ("the rollback switches reads back" if switched else "nothing was switched"))
 
     def _pending_keys(self) -> set[tuple[Any, ...]]:
-        names = capture_names(self.ctx.plan_id, self.dw)
-        cols = ", ".join(self.old_sql.change_columns(names))
+        cols = ", ".join(self.old_sql.change_columns(self.names))
         with self.old_engine.connect() as conn:
             found = {tuple(r) for r in conn.exec_driver_sql(
-                f"SELECT DISTINCT {cols} FROM {self.old_sql.d.ident(names.change_table)}").all()}
+                f"SELECT DISTINCT {cols} FROM {self.old_sql.d.ident(self.names.change_table)}").all()}
             conn.rollback()
         return found
 
@@ -248,23 +252,18 @@ class Cutover:
     # -- switch -----------------------------------------------------------------------------------------
     def _actions(self, recorded: dict[str, Any], reverse: CaptureNames) -> ActionPlan:
         old, new = self.dw.source.table, self.dw.target
-        do = [WriteLock((old,), self.step.max_lock_seconds), ReplayChanges(capture_names(self.ctx.plan_id, self.dw)
-                                                                            .change_table, old, new),
+        do = [WriteLock((old,), self.step.max_lock_seconds), ReplayChanges(self.names.change_table, old, new),
               CaptureChanges(new, reverse.change_table, reverse.trigger, reverse.key, "target"),
               Switch(recorded["how"], switching.describe(recorded), switching.describe(recorded, back=True))]
         if self.step.disable_old_writes.read_only or self.step.disable_old_writes.revoke_from:
             do.append(GuardWrites(old, tuple(self.step.disable_old_writes.revoke_from)))
         undo = [Note(f"lock {new} against writes; replay its writes back into {old}; "
                      f"switch back: {switching.describe(recorded, back=True)}; drop the reverse capture")]
-        extra = {"switch": recorded, "reverse_capture": {"table": reverse.table, "change_table": reverse.change_table,
-                                                         "trigger": reverse.trigger, "key": list(reverse.key)},
+        extra = {"switch": recorded, "reverse_capture": reverse.to_json(),
                  "reverse_step": self.dw.reverse_step().model_dump(mode="json"),
                  "guard": {"read_only": self.step.disable_old_writes.read_only,
                            "roles": list(self.step.disable_old_writes.revoke_from)},
-                 "forward_capture": {"change_table": capture_names(self.ctx.plan_id, self.dw).change_table,
-                                     "trigger": capture_names(self.ctx.plan_id, self.dw).trigger,
-                                     "table": self.dw.source.table, "key": list(capture_names(self.ctx.plan_id,
-                                                                                               self.dw).key)}}
+                 "forward_capture": self.names.to_json()}
         return ActionPlan("cutover", tuple(do), tuple(undo), transactional=False, extra=extra)
 
     def switch(self, before_lock: Callable[[], None] | None = None) -> SwitchReport:
@@ -361,7 +360,7 @@ class Cutover:
                         f"nothing was switched. Run closer to the cutover with a smaller lag, or raise "
                         f"max_lock_seconds")
                 if self.step.disable_old_writes.read_only:  # a write that waited for the lock fails, not lost
-                    self.old_sql.guard_writes(lconn, self._guard_names(names["now"].old), True)
+                    self.old_sql.guard_writes(lconn, self.names.on(names["now"].old), True)
                 if in_database:
                     switching.switch(recorded, lconn, self.old_sql, self.variables)
                     self.ctx.ledger.record_progress(row_id, SWITCHED, conn=lconn)  # one database: atomic with it
@@ -385,10 +384,6 @@ class Cutover:
         if report.old_rows != report.new_rows:
             raise CutoverFailed(f"{self.where}: row counts differ at the switch: old {report.old_rows:,}, new "
                                 f"{report.new_rows:,} ({report.counted}); rolling back switches reads back")
-
-    def _guard_names(self, table: str) -> CaptureNames:
-        names = capture_names(self.ctx.plan_id, self.dw)
-        return CaptureNames(table, names.change_table, names.trigger, names.key)
 
     def _abandon(self, row_id: int, started: Any, reverse: CaptureNames, exc: BaseException) -> None:
         """The switch did not happen: drop the reverse capture and close the ledger row (if not switched)."""
@@ -448,13 +443,12 @@ class Cutover:
         now = switching.names_after(recorded, True)
         totals = self._forward_now(recorded).drain(self.dw.replay.batch_changes)
         notes = [f"replayed {totals.changes:,} last change(s) from the old table"]
-        names = capture_names(self.ctx.plan_id, self.dw)
         guard = self.step.disable_old_writes
         with self.old_engine.begin() as conn:
-            self.old_sql.drop(conn, names)
+            self.old_sql.drop(conn, self.names)
             notes.append(f"dropped the capture on {now.old}")
             if guard.read_only:
-                self.old_sql.guard_writes(conn, self._guard_names(now.old), True)
+                self.old_sql.guard_writes(conn, self.names.on(now.old), True)
                 notes.append(f"{now.old} is read-only (since the switch)")
             if guard.revoke_from:
                 self.old_sql.revoke_writes(conn, now.old, list(guard.revoke_from), grant_back=False)
@@ -480,21 +474,20 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
     # a retry after a rename was switched back (and the revert failed later) finds the original names again
     still_switched = recorded["how"] != "rename" or _table_exists(old_engine, recorded["old_table_becomes"])
     now = switching.names_after(recorded, still_switched)
-    rev = extra["reverse_capture"]
-    reverse = CaptureNames(rev["table"], rev["change_table"], rev["trigger"], tuple(rev["key"]))
+    reverse = CaptureNames.from_json(extra["reverse_capture"])
+    forward = CaptureNames.from_json(extra["forward_capture"]).on(now.old)
     notes: list[str] = []
     row_id, started = ctx.ledger.start(applied.step_id, "revert", applied.checksum, applied.actions, ctx.who)
     try:
         guard = extra["guard"]
-        notes += _recapture_old_table(extra, now.old, old_engine, old_sql, None)  # before the guard lifts
+        notes += _recapture_old_table(forward, old_engine, old_sql)  # before the guard lifts
         with old_engine.begin() as conn:
-            moved = CaptureNames(now.old, "", capture_names_trigger(extra), ())
-            old_sql.guard_writes(conn, moved, False)
+            old_sql.guard_writes(conn, forward, False)
             if guard["roles"]:
                 old_sql.revoke_writes(conn, now.old, guard["roles"], grant_back=True)
         reverse_step = BackfillStep.model_validate(extra["reverse_step"])
         during = _renamed(reverse_step, now.new, now.old)
-        reverse_guard = CaptureNames(now.new, reverse.change_table, reverse.trigger, reverse.key)
+        reverse_guard = reverse.on(now.new)
         slot = REVERSE_SLOT if ctx.source is None else None  # checkpoints live in the ledger's database only
         replayer = Replayer(ctx.plan_id, during, reverse, new_engine, old_engine, slot,
                             f"{where}: replay back ({now.new} → {now.old})")
@@ -539,19 +532,18 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
 
 def drop_reverse_capture(ctx: RunContext, applied: HistoryRow) -> list[str]:
     """The run succeeded: nothing will be replayed back; drop the reverse capture (and any guard) on the new table."""
-    rev = applied.actions.extra["reverse_capture"]
+    reverse = CaptureNames.from_json(applied.actions.extra["reverse_capture"])
     now = switching.names_after(applied.actions.extra["switch"], True)
     sql = capture_sql(dialect_for(ctx.engine))
     with ctx.engine.begin() as conn:
-        sql.guard_writes(conn, CaptureNames(now.new, rev["change_table"], rev["trigger"], tuple(rev["key"])), False)
-        sql.drop(conn, CaptureNames(rev["table"], rev["change_table"], rev["trigger"], tuple(rev["key"])))
-    return [f"dropped the reverse capture on {now.new} ({rev['change_table']}): the run can no longer roll back"]
+        sql.guard_writes(conn, reverse.on(now.new), False)
+        sql.drop(conn, reverse)
+    return [f"dropped the reverse capture on {now.new} ({reverse.change_table}): the run can no longer roll back"]
 
 
 def revert_unswitched(ctx: RunContext, applied: HistoryRow) -> StepResult:
     """A cutover that never switched (it failed before): drop its reverse capture."""
-    rev = applied.actions.extra["reverse_capture"]
-    reverse = CaptureNames(rev["table"], rev["change_table"], rev["trigger"], tuple(rev["key"]))
+    reverse = CaptureNames.from_json(applied.actions.extra["reverse_capture"])
     row_id, started = ctx.ledger.start(applied.step_id, "revert", applied.checksum, applied.actions, ctx.who)
     with ctx.engine.begin() as conn:
         capture_sql(dialect_for(ctx.engine)).drop(conn, reverse)
@@ -560,19 +552,15 @@ def revert_unswitched(ctx: RunContext, applied: HistoryRow) -> StepResult:
     return StepResult(applied.step_id, "reverted", 0.0, 1, [note])
 
 
-def _recapture_old_table(extra: dict[str, Any], old_now: str, old_engine: Engine, old_sql: CaptureSql,
-                         conn: Connection | None) -> list[str]:
+def _recapture_old_table(forward: CaptureNames, old_engine: Engine, old_sql: CaptureSql) -> list[str]:
     """The cutover dropped the old table's capture (disable_old_writes): put it back before switching back, so
     the dual_write step, still applied until its own revert, captures the application's writes again."""
-    fwd = extra["forward_capture"]
-    names = CaptureNames(old_now, fwd["change_table"], fwd["trigger"], tuple(fwd["key"]))
-    with ExitStack() as stack:
-        conn = conn or stack.enter_context(old_engine.begin())
-        if old_sql.triggers_exist(conn, names):
+    with old_engine.begin() as conn:
+        if old_sql.triggers_exist(conn, forward):
             return []
-        old_sql.drop(conn, names)
-        old_sql.install(conn, names)
-    return [f"capturing writes to {old_now} again (the dual_write step is still applied)"]
+        old_sql.drop(conn, forward)
+        old_sql.install(conn, forward)
+    return [f"capturing writes to {forward.table} again (the dual_write step is still applied)"]
 
 
 def _table_exists(engine: Engine, table: str) -> bool:
@@ -580,10 +568,6 @@ def _table_exists(engine: Engine, table: str) -> bool:
 
     schema, _, name = table.rpartition(".")
     return inspect(engine).has_table(name, schema=schema or None)
-
-
-def capture_names_trigger(extra: dict[str, Any]) -> str:
-    return str(extra["forward_capture"]["trigger"])
 
 
 def _renamed(step: BackfillStep, source_table: str, target_table: str) -> BackfillStep:

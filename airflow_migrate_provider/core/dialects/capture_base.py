@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
@@ -33,6 +34,18 @@ class CaptureNames:
         schema = table.rpartition(".")[0]
         prefix = f"{schema}." if schema else ""
         return cls(table, f"{prefix}am_chg_{digest}", f"am_cap_{digest}", tuple(key))
+
+    def on(self, table: str) -> CaptureNames:
+        """The same capture, on ``table`` (the captured table's name after a rename)."""
+        return replace(self, table=table)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "change_table": self.change_table, "trigger": self.trigger, "key": list(self.key)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaptureNames:
+        """As recorded in a ledger row (:meth:`to_json`)."""
+        return cls(data["table"], data["change_table"], data["trigger"], tuple(data["key"]))
 
     @property
     def schema(self) -> str | None:
