@@ -18,6 +18,13 @@ SEED_ROWS = 2_000
 NEW_IDS_FROM = 1_000_000
 
 
+def prepared_engine(url: str) -> Engine:
+    """An engine on ``url``, prepared by our dialect adapter (SQLite: busy timeout, BEGIN IMMEDIATE)."""
+    engine = create_engine(url)
+    dialect_for(engine)
+    return engine
+
+
 def seed_users(engine: Engine, rows: int = SEED_ROWS) -> None:
     """The application's table: users with two preference columns that move into one JSON column."""
     with engine.begin() as conn:

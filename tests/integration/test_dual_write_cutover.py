@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.context import RunContext
@@ -26,7 +26,13 @@ from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.rollback import rollback_run
 from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.errors import CutoverFailed
-from tests.integration.dual_write_support import Writers, assert_holds_every_write, create_same_layout, seed_users
+from tests.integration.dual_write_support import (
+    Writers,
+    assert_holds_every_write,
+    create_same_layout,
+    prepared_engine,
+    seed_users,
+)
 from tests.integration.migrate_it_support import make_plan, who
 
 
@@ -119,17 +125,24 @@ DUAL_WRITE = """
 """
 
 
-def _engine(url: str) -> Engine:
-    engine = create_engine(url)
-    dialect_for(engine)
-    return engine
+
+def _sqlite_rename(tmp_path, switch: str = "{rename: {old_table_becomes: users_old}}", more: str = "",
+                   live: str = "users", variables: Any = None) -> tuple[Pairing, Engine]:
+    """A seeded SQLite app database and the two-step plan (dual_write, cutover) on it; ``more``: cutover keys."""
+    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    engine = prepared_engine(url)
+    seed_users(engine)
+    create_same_layout(engine)
+    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live=live,
+                              switch=switch) + more
+    return Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old", variables), engine
 
 
 @pytest.fixture(params=["sqlite_rename", "pg_same_db_new_layout_variable", "pg_to_pg_http"])
 def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Pairing]:
     if request.param == "sqlite_rename":
         url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-        engine = _engine(url)
+        engine = prepared_engine(url)
         seed_users(engine)
         create_same_layout(engine)
         steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
@@ -140,7 +153,7 @@ def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> It
         return
     if request.param == "pg_same_db_new_layout_variable":
         with pg_database_factory() as db:
-            engine, url = _engine(db.sqlalchemy_url), db.sqlalchemy_url
+            engine, url = prepared_engine(db.sqlalchemy_url), db.sqlalchemy_url
             seed_users(engine)
             with engine.begin() as conn:
                 conn.exec_driver_sql("CREATE TABLE user_preferences (user_id INTEGER PRIMARY KEY, email VARCHAR(120) "
@@ -163,7 +176,7 @@ def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> It
             engine.dispose()
         return
     with pg_database_factory() as old_db, pg_database_factory() as new_db:
-        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        old, new = prepared_engine(old_db.sqlalchemy_url), prepared_engine(new_db.sqlalchemy_url)
         seed_users(old)
         create_same_layout(new, "users")
         flag = FlagServer()
@@ -229,7 +242,7 @@ def test_cutover_with_live_writers_loses_no_write_and_rolls_back_with_none_lost(
 
 def test_a_failing_switch_rolls_back_with_nothing_switched(pg_database_factory) -> None:
     with pg_database_factory() as old_db, pg_database_factory() as new_db:
-        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        old, new = prepared_engine(old_db.sqlalchemy_url), prepared_engine(new_db.sqlalchemy_url)
         seed_users(old)
         create_same_layout(new, "users")
         flag = FlagServer(fail_switch=True)
@@ -274,13 +287,7 @@ def test_a_failed_switch_back_is_never_replaced_by_a_backup_restore(tmp_path) ->
 
     from airflow_migrate_provider.errors import RevertFailed
 
-    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _engine(url)
-    seed_users(engine)
-    create_same_layout(engine)
-    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
-                              switch="{rename: {old_table_becomes: users_old}}")
-    p = Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old")
+    p, engine = _sqlite_rename(tmp_path)
     ctx, dual_write, cutover = _context(p)
     kind_named("dual_write").apply(ctx, dual_write)
     kind_named("cutover").apply(ctx, cutover)
@@ -317,15 +324,8 @@ def test_the_window_defers_or_fails_safe_outside_it(tmp_path, outside: str) -> N
 
     from airflow_migrate_provider.errors import CutoverDeferral
 
-    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _engine(url)
-    seed_users(engine)
-    create_same_layout(engine)
-    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
-                              switch="{rename: {old_table_becomes: users_old}}")
-    steps += (f"    window: {{days: [sun], start: '02:00', end: '06:00', timezone: Europe/Berlin, "
-              f"outside: {outside}}}\n")
-    p = Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old")
+    p, engine = _sqlite_rename(tmp_path, more=f"    window: {{days: [sun], start: '02:00', end: '06:00', "
+                                              f"timezone: Europe/Berlin, outside: {outside}}}\n")
     ctx, dual_write, cutover = _context(p)
     kind_named("dual_write").apply(ctx, dual_write)
     wednesday = datetime(2026, 12, 2, 14, 0, tzinfo=timezone.utc)
@@ -344,19 +344,9 @@ def test_the_window_defers_or_fails_safe_outside_it(tmp_path, outside: str) -> N
 
 
 
-def _sqlite_rename(tmp_path) -> tuple[Pairing, Engine]:
-    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _engine(url)
-    seed_users(engine)
-    create_same_layout(engine)
-    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
-                              switch="{rename: {old_table_becomes: users_old}}")
-    return Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old"), engine
-
-
 def test_a_switch_that_answers_an_error_after_switching_is_switched_back(pg_database_factory) -> None:
     with pg_database_factory() as old_db, pg_database_factory() as new_db:
-        old, new = _engine(old_db.sqlalchemy_url), _engine(new_db.sqlalchemy_url)
+        old, new = prepared_engine(old_db.sqlalchemy_url), prepared_engine(new_db.sqlalchemy_url)
         seed_users(old)
         create_same_layout(new, "users")
         flag = FlagServer(apply_then_fail=True)
@@ -441,15 +431,10 @@ def test_a_try_that_died_around_a_variable_switch_is_not_switched_again_but_roll
     from airflow_migrate_provider.core.capture import switch as switching
     from airflow_migrate_provider.core.kinds.cutover import cutover_of
 
-    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _engine(url)
-    seed_users(engine)
-    create_same_layout(engine)
     variables = DictVariables()
     variables.set("users_table", "users")
-    steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users_v2",
-                              switch="{variable: {key: users_table, value: users_v2}}")
-    p = Pairing("x", engine, engine, url, url, steps, None, ("users_v2", "old"), "users", variables)
+    p, engine = _sqlite_rename(tmp_path, switch="{variable: {key: users_table, value: users_v2}}", live="users_v2",
+                               variables=variables)
     ctx, dual_write, cutover = _context(p)
     kind_named("dual_write").apply(ctx, dual_write)
     real_switch = switching.switch

@@ -50,6 +50,7 @@ from tests.integration.dual_write_support import (
     assert_holds_every_write,
     assert_same,
     create_same_layout,
+    prepared_engine,
     seed_users,
     seeded_model,
     table_state,
@@ -102,17 +103,12 @@ class Pairing:
         return plan_yaml(STEP.format(columns=self.columns, batch=batch), plan_id=PLAN_ID, connections=connections)
 
 
-def _engine(url: str) -> Engine:
-    engine = create_engine(url)
-    dialect_for(engine)
-    return engine
-
 
 @pytest.fixture(params=["pg_to_pg", "sqlite"])
 def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Pairing]:
     if request.param == "pg_to_pg":
         with pg_database_factory() as src_db, pg_database_factory() as tgt_db:
-            source, target = _engine(src_db.sqlalchemy_url), _engine(tgt_db.sqlalchemy_url)
+            source, target = prepared_engine(src_db.sqlalchemy_url), prepared_engine(tgt_db.sqlalchemy_url)
             create_same_layout(target)
             yield Pairing("pg_to_pg", src_db.sqlalchemy_url, tgt_db.sqlalchemy_url, source, target, "old", "{}",
                           "SELECT id, email, theme, notifications FROM users",
@@ -121,7 +117,7 @@ def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> It
             target.dispose()
         return
     url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _engine(url)
+    engine = prepared_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE users_v2 (id INTEGER PRIMARY KEY, email TEXT NOT NULL, preferences TEXT "
                              "NOT NULL CHECK (json_valid(preferences)))")

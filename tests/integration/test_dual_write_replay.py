@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.context import RunContext
@@ -20,7 +20,7 @@ from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.rollback import rollback_run
 from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.errors import CaptureError
-from tests.integration.dual_write_support import Writers, assert_same, create_same_layout, seed_users
+from tests.integration.dual_write_support import Writers, assert_same, create_same_layout, prepared_engine, seed_users
 from tests.integration.migrate_it_support import make_plan, who
 
 STEP = """
@@ -50,17 +50,12 @@ class Setup:
     actual_sql: str  # on the target: the new table
 
 
-def _pg_engine(url: str) -> Engine:
-    engine = create_engine(url)
-    dialect_for(engine)
-    return engine
-
 
 @pytest.fixture(params=["pg_to_pg", "pg_same_db_new_layout", "sqlite_new_layout"])
 def setup(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Setup]:
     if request.param == "pg_to_pg":
         with pg_database_factory() as src_db, pg_database_factory() as tgt_db:
-            source, target = _pg_engine(src_db.sqlalchemy_url), _pg_engine(tgt_db.sqlalchemy_url)
+            source, target = prepared_engine(src_db.sqlalchemy_url), prepared_engine(tgt_db.sqlalchemy_url)
             seed_users(source)
             create_same_layout(target)
             yield Setup("pg_to_pg", source, target, src_db.sqlalchemy_url,
@@ -72,7 +67,7 @@ def setup(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iter
         return
     if request.param == "pg_same_db_new_layout":
         with pg_database_factory() as db:
-            engine = _pg_engine(db.sqlalchemy_url)
+            engine = prepared_engine(db.sqlalchemy_url)
             seed_users(engine)
             with engine.begin() as conn:
                 conn.exec_driver_sql("CREATE TABLE user_preferences (user_id INTEGER PRIMARY KEY, email VARCHAR(120) "
@@ -87,7 +82,7 @@ def setup(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iter
             engine.dispose()
         return
     url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    engine = _pg_engine(url)
+    engine = prepared_engine(url)
     seed_users(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE users_v2 (id INTEGER PRIMARY KEY, email TEXT NOT NULL, preferences TEXT "
@@ -150,7 +145,7 @@ def test_dual_write_with_live_writers_converges_and_rolls_back(setup: Setup) -> 
 
 def test_capture_refuses_a_table_without_primary_key(pg_database_factory) -> None:
     with pg_database_factory() as db:
-        engine = _pg_engine(db.sqlalchemy_url)
+        engine = prepared_engine(db.sqlalchemy_url)
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE users (id INTEGER NOT NULL, email TEXT, theme TEXT, "
                                  "notifications BOOLEAN NOT NULL)")
