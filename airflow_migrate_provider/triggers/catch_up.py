@@ -13,6 +13,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_migrate_provider.masking import mask_text
+
 
 class CatchUpTrigger(BaseTrigger):
     def __init__(self, plan: dict[str, Any], step_id: str, target_conn_id: str, who: list[Any],
@@ -56,14 +58,15 @@ class CatchUpTrigger(BaseTrigger):
         try:
             ctx = await asyncio.to_thread(self._open)
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "message": f"catch-up could not start: {exc}"})
+            yield TriggerEvent({"status": "error", "message": f"catch-up could not start: {mask_text(str(exc))}"})
             return
         try:
             while True:
                 try:
                     found = await asyncio.to_thread(self._round, ctx)
                 except Exception as exc:  # reported to the task, which fails (and the run rolls back)
-                    yield TriggerEvent({"status": "error", "message": f"catch-up of '{self.step_id}' failed: {exc}"})
+                    yield TriggerEvent({"status": "error",
+                                        "message": f"catch-up of '{self.step_id}' failed: {mask_text(str(exc))}"})
                     return
                 replayed += found["replayed"]
                 self.log.info("catch-up '%s': replayed %s change(s) this round; lag %s change(s), oldest %.1f s",
