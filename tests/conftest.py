@@ -41,6 +41,7 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 (_AIRFLOW_HOME / "dags").mkdir(parents=True, exist_ok=True)
 
 LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ class TestDatabase:
     """One empty database for one test: how SQLAlchemy and how Airflow connections reach it."""
 
     __test__ = False
-    dialect: str  # postgresql | sqlite
+    dialect: str  # postgresql | mariadb | sqlite
     sqlalchemy_url: str
     airflow_uri: str
 
@@ -208,17 +209,80 @@ def pg_database(pg_server_url: str) -> Iterator[TestDatabase]:
         yield db
 
 
+@pytest.fixture(scope="session")
+def mysql_server_url(request: pytest.FixtureRequest) -> str:
+    """An admin URL (Airflow form, ``mysql://``) of a MariaDB/MySQL server where tests may create databases:
+    ``MIGRATE_TEST_MYSQL_URL``, then pytest-docker, then the local server on 127.0.0.1:3306."""
+    from sqlalchemy.engine import make_url
+
+    url = os.environ.get("MIGRATE_TEST_MYSQL_URL")
+    if not url and _docker_usable():
+        ip = request.getfixturevalue("docker_ip")
+        services = request.getfixturevalue("docker_services")
+        port = services.port_for("mariadb", 3306)
+        services.wait_until_responsive(check=lambda: _port_open(ip, port), timeout=90, pause=0.5)
+        url = f"mysql://root:mariadb@{ip}:{port}/test"
+    url = url or LOCAL_MYSQL_URL
+    parsed = make_url(url)
+    if not _port_open(parsed.host or "127.0.0.1", parsed.port or 3306):
+        _missing_service(f"MariaDB is not reachable at {parsed.host}:{parsed.port}")
+    return url
+
+
+def _sqlalchemy_mysql(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.set(drivername="mysql+pymysql", query={"charset": "utf8mb4", "local_infile": "1"}
+                      ).render_as_string(hide_password=False)
+
+
+@contextmanager
+def new_mysql_database(server_url: str) -> Iterator[TestDatabase]:
+    """Create a uniquely named, empty MariaDB database on ``server_url``; drop it afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"migtest_{WORKER}_{uuid.uuid4().hex[:12]}".lower()
+    admin = create_engine(_sqlalchemy_mysql(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except Exception as exc:  # server up but refusing us
+        admin.dispose()
+        _missing_service(f"cannot create a MariaDB test database: {exc}")
+    airflow_uri = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield TestDatabase("mariadb", _sqlalchemy_mysql(airflow_uri), airflow_uri)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture
+def mariadb_database(mysql_server_url: str) -> Iterator[TestDatabase]:
+    """A uniquely named, empty MariaDB database, dropped after the test."""
+    with new_mysql_database(mysql_server_url) as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def mariadb_database_factory(mysql_server_url: str):
+    """``with mariadb_database_factory() as db:`` for databases that outlive one test (module fixtures)."""
+    return lambda: new_mysql_database(mysql_server_url)
+
+
 @pytest.fixture
 def sqlite_database(tmp_path: Path) -> TestDatabase:
     path = (tmp_path / "target.sqlite").resolve()
     return TestDatabase("sqlite", f"sqlite:///{path}", f"sqlite:///{path}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def database(request: pytest.FixtureRequest) -> TestDatabase:
-    """Each test using this runs once on SQLite and once on PostgreSQL."""
-    fixture = "sqlite_database" if request.param == "sqlite" else "pg_database"
-    return request.getfixturevalue(fixture)
+    """Each test using this runs once on SQLite, once on PostgreSQL and once on MariaDB."""
+    return request.getfixturevalue(f"{request.param.replace('postgresql', 'pg')}_database")
 
 
 @pytest.fixture

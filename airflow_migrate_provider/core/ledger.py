@@ -219,7 +219,7 @@ class Ledger:
                 metadata.create_all(self.engine, checkfirst=True)
                 return
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.OperationalError):
-                if attempt == 2 or not self.exists():
+                if attempt == 2:  # another worker created some of them meanwhile: checkfirst skips those now
                     raise
 
     # -- history --------------------------------------------------------------------------------

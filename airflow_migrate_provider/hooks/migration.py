@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from airflow_migrate_provider.core.dialects import Dialect, dialect_for
+from airflow_migrate_provider.core.dialects import Dialect, dialect_for, own_connection_url
 from airflow_migrate_provider.errors import ConnectionUnavailable
 
 
@@ -15,7 +16,9 @@ class MigrationHook(BaseHook):
 
     It does not parse URIs itself: it asks the connection for its provider hook (PostgresHook,
     SqliteHook, ...) and takes that hook's SQLAlchemy engine, so connection extras, SSL settings and
-    secrets backends work exactly as they do for every other Airflow task.
+    secrets backends work exactly as they do for every other Airflow task. The exception is a database whose
+    provider needs system libraries (MySQL/MariaDB: mysqlclient): its adapter builds the URL from the
+    connection's fields with a pure-Python driver (``Dialect.connection_url``).
     """
 
     hook_name = "Database migration"
@@ -33,6 +36,10 @@ class MigrationHook(BaseHook):
                 f"`airflow connections add`, or an AIRFLOW_CONN_{self.conn_id.upper()} variable)",
                 transient=False,
             ) from None
+        url = own_connection_url(connection.conn_type, connection.host, connection.port, connection.login,
+                                 connection.password, connection.schema, connection.extra_dejson)
+        if url is not None:
+            return create_engine(url, pool_pre_ping=True)
         try:
             db_hook = connection.get_hook()
         except Exception as exc:  # the provider for this conn_type is missing or rejected the connection

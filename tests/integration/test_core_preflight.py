@@ -59,8 +59,7 @@ def test_preflight_lists_edited_applied_step(engine, database):
     runner.apply(plan.steps[1])
     rows_before = ledger.rows()
 
-    edited = parse_plan(three_step_yaml(database.dialect).replace(
-        "ON orders (customer_id)", "ON orders (customer_id, amount)"))
+    edited = parse_plan(three_step_yaml(database.dialect).replace("ON orders (", "ON orders (id, "))
     with pytest.raises(PreflightFailed) as caught:
         run_preflight(edited, engine, ledger, who("r2"))
     failures = caught.value.failures

@@ -1,4 +1,4 @@
-"""Dialect adapters: everything that differs between databases (PostgreSQL, SQLite; MySQL/MariaDB next).
+"""Dialect adapters: everything that differs between databases (PostgreSQL, MySQL/MariaDB, SQLite).
 
 Get one with :func:`dialect_for` (an engine, prepared for migrations), :func:`dialect_of` (an engine or
 connection, as it is) or :func:`dialect_named` (no database: rendering a plan offline). An unsupported
@@ -7,15 +7,19 @@ database is an :class:`~airflow_migrate_provider.errors.UnsupportedDatabase` nam
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.dialects.base import Dialect
+from airflow_migrate_provider.core.dialects.mysql import MysqlDialect
 from airflow_migrate_provider.core.dialects.postgresql import PostgresDialect
 from airflow_migrate_provider.core.dialects.sqlite import SqliteDialect
 from airflow_migrate_provider.errors import UnsupportedDatabase
 
-_BY_NAME: dict[str, type[Dialect]] = {"postgresql": PostgresDialect, "sqlite": SqliteDialect}
+_BY_NAME: dict[str, type[Dialect]] = {"mariadb": MysqlDialect, "mysql": MysqlDialect, "postgresql": PostgresDialect,
+                                      "sqlite": SqliteDialect}
 SUPPORTED = tuple(sorted(_BY_NAME))
 
 
@@ -54,6 +58,16 @@ def dialect_for_conn_type(conn_type: str, field: str | None = None) -> Dialect:
     raise _unsupported(conn_type, field, None)
 
 
+def own_connection_url(conn_type: str, host: str | None, port: int | None, login: str | None,
+                       password: str | None, schema: str | None, extra: dict[str, Any]) -> Any:
+    """The SQLAlchemy URL our adapter builds for an Airflow connection whose provider hook we do not use (MySQL,
+    MariaDB: the provider needs mysqlclient); None: use the connection's provider hook."""
+    for cls in _BY_NAME.values():
+        if conn_type in cls.conn_types:
+            return cls.connection_url(host, port, login, password, schema, extra)
+    return None
+
+
 def dialect_name_of_uri(uri: str, field: str | None = None, conn_id: str | None = None,
                         default: str = "postgresql") -> str:
     """The dialect name of a connection URI's scheme (``postgres://``, ``sqlite:///``); ``default`` when there
@@ -85,5 +99,5 @@ def dialect_for(engine: Engine, field: str | None = None, conn_id: str | None = 
     return adapter
 
 
-__all__ = ["SUPPORTED", "Dialect", "PostgresDialect", "SqliteDialect", "dialect_for", "dialect_for_conn_type",
-           "dialect_name_of_uri", "dialect_named", "dialect_of", "is_transient"]
+__all__ = ["SUPPORTED", "Dialect", "MysqlDialect", "PostgresDialect", "SqliteDialect", "dialect_for", "dialect_for_conn_type",
+           "dialect_name_of_uri", "dialect_named", "dialect_of", "is_transient", "own_connection_url"]

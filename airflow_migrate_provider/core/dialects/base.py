@@ -59,6 +59,13 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
         if not self.label:
             self.label = self.name
 
+    @classmethod
+    def connection_url(cls, host: str | None, port: int | None, login: str | None, password: str | None,
+                       schema: str | None, extra: dict[str, Any]) -> Any:
+        """A SQLAlchemy URL for an Airflow connection of this database, or None to take the engine from the
+        connection's provider hook (the default). For databases whose provider needs system libraries."""
+        return None
+
     def unsupported(self, what: str) -> UnsupportedDatabase:
         """The error for something this database's adapter does not do (never a NotImplementedError)."""
         return UnsupportedDatabase(f"{what} is not supported on {self.label} databases")
