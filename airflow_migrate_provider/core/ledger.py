@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
-    DateTime,
     Float,
     Integer,
     MetaData,
@@ -38,6 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.actions import ActionPlan
+from airflow_migrate_provider.core.dialects import precise_timestamp
 from airflow_migrate_provider.errors import LockHeld, LockLost
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ history = Table(
     Column("checksum", String(64), nullable=False),
     Column("sql", Text, nullable=False),  # JSON of the actions, so a revert uses what was applied
     Column("progress", Integer, nullable=False, default=0),  # statements done (non-transactional steps)
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("started_at", precise_timestamp(), nullable=False),
+    Column("finished_at", precise_timestamp()),
     Column("duration_s", Float),
     Column("dag_id", String(250), nullable=False),
     Column("run_id", String(250), nullable=False),
@@ -75,9 +75,9 @@ lock = Table(
     Column("holder_run", String(500), nullable=False),
     Column("holder", String(1000), nullable=False),
     Column("token", String(36), nullable=False),
-    Column("acquired_at", DateTime(timezone=True), nullable=False),
-    Column("renewed_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("acquired_at", precise_timestamp(), nullable=False),
+    Column("renewed_at", precise_timestamp(), nullable=False),
+    Column("expires_at", precise_timestamp(), nullable=False),
 )
 # backfill checkpoints, written in the same transaction as the copied rows (see core/backfill/state.py)
 checkpoints = Table(
@@ -94,7 +94,7 @@ checkpoints = Table(
     Column("status", String(16), nullable=False),  # pending | done
     Column("phase_state", Text),  # JSON: cutoffs, phase 2 bounds (step row only)
     Column("run_id", String(250)),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", precise_timestamp(), nullable=False),
 )
 
 # backup manifests: what was backed up, where, and the checksums a restore is verified against
@@ -109,13 +109,13 @@ backups = Table(
     Column("tables", Text, nullable=False),  # JSON list of TableManifest
     Column("size_bytes", BigInteger),
     Column("duration_s", Float),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
+    Column("created_at", precise_timestamp(), nullable=False),
+    Column("finished_at", precise_timestamp()),
     Column("dag_id", String(250), nullable=False),
     Column("run_id", String(250), nullable=False),
     Column("try_number", Integer, nullable=False),
     Column("run_outcome", String(16)),  # success once the run that made it succeeded
-    Column("expires_at", DateTime(timezone=True)),  # keep_days_after_success after that success
+    Column("expires_at", precise_timestamp()),  # keep_days_after_success after that success
     Column("error", Text),
 )
 

@@ -75,10 +75,24 @@ def dialect_name_of_uri(uri: str, field: str | None = None, conn_id: str | None 
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if uri else ""
     if not scheme:
         return default
+    if scheme in _BY_NAME:
+        return scheme
     for name, cls in _BY_NAME.items():
-        if scheme == name or scheme in cls.conn_types:
+        if scheme in cls.conn_types:
             return name
     raise _unsupported(scheme, field, conn_id or "?")
+
+
+def precise_timestamp() -> Any:
+    """The column type the ledger stores times in: a time zone-aware DateTime, with sub-second precision on
+    every database (MySQL's DATETIME keeps whole seconds unless told otherwise)."""
+    from sqlalchemy import DateTime
+
+    column_type: Any = DateTime(timezone=True)
+    for name, cls in _BY_NAME.items():
+        if cls.precise_timestamp_type is not None:
+            column_type = column_type.with_variant(cls.precise_timestamp_type(), name)
+    return column_type
 
 
 def is_transient(bind: Engine | Connection, exc: BaseException) -> bool:
@@ -100,4 +114,5 @@ def dialect_for(engine: Engine, field: str | None = None, conn_id: str | None = 
 
 
 __all__ = ["SUPPORTED", "Dialect", "MysqlDialect", "PostgresDialect", "SqliteDialect", "dialect_for", "dialect_for_conn_type",
-           "dialect_name_of_uri", "dialect_named", "dialect_of", "is_transient", "own_connection_url"]
+           "dialect_name_of_uri", "dialect_named", "dialect_of", "is_transient", "own_connection_url",
+           "precise_timestamp"]

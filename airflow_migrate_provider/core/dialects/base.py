@@ -41,6 +41,8 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
     gx_datasource: ClassVar[str] = "sql"  # Great Expectations' data source kind (ctx.data_sources.add_<kind>)
     conn_types: ClassVar[tuple[str, ...]] = ()  # Airflow connection types of this database
     sqlglot_name: ClassVar[str] = ""  # sqlglot's name for the dialect (parsing plan SQL); "" = generic
+    # a factory of the SQLAlchemy type for times with sub-second precision, where DateTime is coarser
+    precise_timestamp_type: ClassVar[Callable[[], Any] | None] = None
 
     def __init__(self, sa_dialect: SADialect | None = None):
         if sa_dialect is None:

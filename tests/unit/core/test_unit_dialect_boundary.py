@@ -78,16 +78,18 @@ def test_an_unsupported_connection_names_the_plan_field_and_the_connection() -> 
     with pytest.raises(UnsupportedDatabase) as raised:
         dialect_for(engine, field="connections.target", conn_id="warehouse")  # type: ignore[arg-type]
     assert str(raised.value) == ("connections.target: connection 'warehouse' is a mssql database; supported: "
-                                 "postgresql, sqlite")
+                                 "mariadb, mysql, postgresql, sqlite")
     assert isinstance(raised.value, MigrateError)
 
 
 def test_an_unsupported_uri_scheme_names_the_plan_field() -> None:
     with pytest.raises(UnsupportedDatabase, match=r"^connections\.target: connection 'dwh' is a oracle database; "
-                                                  r"supported: postgresql, sqlite$"):
+                                                  r"supported: mariadb, mysql, postgresql, sqlite$"):
         dialect_name_of_uri("oracle://u@h/db", "connections.target", "dwh")
     assert dialect_name_of_uri("postgres://u@h/db") == "postgresql"
     assert dialect_name_of_uri("sqlite:///x.db") == "sqlite"
+    assert dialect_name_of_uri("mysql://root@h/db") == "mysql"
+    assert dialect_name_of_uri("mariadb+pymysql://root@h/db") == "mariadb"
     assert dialect_name_of_uri("") == "postgresql"
 
 
