@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
@@ -34,6 +35,7 @@ class MysqlDialect(Dialect):
     conn_types = ("mysql", "mariadb")
     sqlglot_name = "mysql"
     snapshot_reads = True
+    precise_timestamp_type = staticmethod(lambda: DATETIME(fsp=6))
 
     def __init__(self, sa_dialect: SADialect | None = None):
         super().__init__(sa_dialect)
