@@ -54,9 +54,12 @@ def _print_outcome(outcome: commands.RunOutcome) -> None:
 
 
 @app.command()
-def validate(plans: Annotated[list[Path], typer.Argument(help="Plan files to check.")]) -> None:
+def validate(plans: Annotated[list[Path], typer.Argument(help="Plan files to check.")],
+             dialect: Annotated[str | None, typer.Option(
+                 help="also check the SQL for this database: mariadb/mysql (statements a crash could leave "
+                      "half-done), postgresql, sqlite")] = None) -> None:
     """Check plan files; print every problem as path:line:col: message. Exit 1 if any."""
-    problems = commands.validate(plans)
+    problems = commands.validate(plans, dialect)
     for problem in problems:
         typer.echo(str(problem), err=True)
     if problems:
@@ -66,7 +69,8 @@ def validate(plans: Annotated[list[Path], typer.Argument(help="Plan files to che
 
 @app.command()
 def render(plan: Path,
-           dialect: Annotated[str | None, typer.Option(help="postgresql or sqlite (default: from the target's "
+           dialect: Annotated[str | None, typer.Option(help="postgresql, mariadb, mysql or sqlite (default: from "
+                                                            "the target's "
                                                             "--conn URI, else postgresql)")] = None,
            conn: ConnOption = []) -> None:  # noqa: B006 - typer reads the default
     """Print the task graph by TaskGroup and the SQL each task will run (a dry run; secrets masked)."""

@@ -29,17 +29,37 @@ from airflow_migrate_provider.plan.model import Plan
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from airflow_migrate_provider.core.dialects import Dialect
 
 
-def validate(paths: list[str | Path]) -> list[PlanProblem]:
-    """Every problem in every plan file (empty when all are valid). Touches no database."""
+
+def validate(paths: list[str | Path], dialect: str | None = None) -> list[PlanProblem]:
+    """Every problem in every plan file (empty when all are valid). Touches no database. With ``dialect``, also
+    what the plan's SQL means on that database (statements that could not be resumed after a crash)."""
+    from airflow_migrate_provider.core.dialects import dialect_named
+
     problems: list[PlanProblem] = []
+    adapter = dialect_named(dialect, "--dialect") if dialect else None
     for path in paths:
         try:
-            load_plan(path)
+            plan = load_plan(path)
         except PlanError as exc:
             problems += exc.problems
+            continue
+        if adapter is not None:
+            problems += _dialect_problems(path, plan, adapter)
     return problems
+
+
+def _dialect_problems(path: str | Path, plan: Plan, dialect: Dialect) -> list[PlanProblem]:
+    from airflow_migrate_provider.core.kinds import kind_of
+    from airflow_migrate_provider.plan.loader import locate
+
+    found = []
+    for index, step in enumerate(plan.steps):
+        for field, message in kind_of(step).dialect_checklist(step, dialect)[0]:
+            found.append(PlanProblem(str(path), *locate(path, ("steps", index, field)), message))
+    return found
 
 
 def _plan_conn_ids(plan: Plan) -> list[str]:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from airflow_migrate_provider.core.context import RunContext
+from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.core.kinds import kind_of
 from airflow_migrate_provider.core.ledger import Lease, Ledger, RunIdentity
 from airflow_migrate_provider.errors import ConnectionUnavailable, PreflightFailed, db_error_line
@@ -40,6 +41,17 @@ def check_reachable(engine: Engine, role: str, conn_id: str) -> None:
 def plan_checklist(plan: Plan) -> list[str]:
     """Checklist failures visible in the plan itself (the model enforces most; each kind double-checks)."""
     return [failure for step in plan.steps for failure in kind_of(step).checklist(step)]
+
+
+def dialect_checklist(plan: Plan, dialect: Dialect) -> list[str]:
+    """What each step's SQL means on the target's database: problems (returned) and notes (logged)."""
+    failures = []
+    for step in plan.steps:
+        problems, notes = kind_of(step).dialect_checklist(step, dialect)
+        failures += [message for _, message in problems]
+        for _, note in notes:
+            log.warning("preflight note: %s", note)
+    return failures
 
 
 def ledger_consistency(plan: Plan, ledger: Ledger) -> list[str]:
@@ -76,6 +88,10 @@ def run_preflight(plan: Plan, target: Engine, ledger: Ledger, who: RunIdentity,
     failures = plan_checklist(plan)
     if not failures:
         report.passed.append("every reversible step has a down; every step has a verify")
+    on_target = dialect_checklist(plan, dialect_of(target))
+    failures += on_target
+    if not on_target:
+        report.passed.append("every statement can be resumed after a crash")
 
     ledger.ensure()
     report.lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)  # LockHeld: fail fast, naming the holder

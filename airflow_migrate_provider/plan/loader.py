@@ -252,6 +252,11 @@ def _parse(text: str, path: str) -> Plan:
     return plan
 
 
+def locate(path: str | Path, loc: tuple[str | int, ...]) -> tuple[int, int]:
+    """(line, column) of a field of a valid plan file (``("steps", 2, "up")``), for problems found after loading."""
+    return _find(_compose(read_plan_text(path), str(path)), loc)
+
+
 def read_plan_text(path: str | Path) -> str:
     """A plan file's text; PlanError (never a bare traceback) when it cannot be read."""
     try:

@@ -55,7 +55,7 @@ def three_step_yaml(dialect: str, *, index_verify: str | None = None) -> str:
     (On MariaDB the index does not start with customer_id: the foreign key would adopt it, and then it could not
     be dropped.)"""
     index_verify = index_verify or index_exists_sql(dialect, "ix_orders_customer")
-    return plan_yaml(f"""
+    return resumable(dialect, plan_yaml(f"""
   - id: create_orders
     up: |
       CREATE TABLE orders (
@@ -81,7 +81,19 @@ def three_step_yaml(dialect: str, *, index_verify: str | None = None) -> str:
     verify:
       - SELECT count(*) = 0 FROM orders WHERE status IS NULL
       - SELECT count(*) = 2 FROM orders WHERE status = 'big'
-""")
+"""))
+
+
+def resumable(dialect: str, plan_text: str) -> str:
+    """On MariaDB (DDL commits statement by statement) the guarded forms a resumed step can run twice."""
+    if dialect != "mariadb":
+        return plan_text
+    for plain, guarded in (("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS "),
+                           ("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS "),
+                           ("DROP TABLE ", "DROP TABLE IF EXISTS "), ("DROP INDEX ", "DROP INDEX IF EXISTS "),
+                           ("ADD COLUMN ", "ADD COLUMN IF NOT EXISTS "), ("DROP COLUMN ", "DROP COLUMN IF EXISTS ")):
+        plan_text = plan_text.replace(plain, guarded)
+    return plan_text
 
 
 def seed_start(engine: Engine) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import traceback
 
 import pytest
-from migrate_it_support import make_plan, runner_for, seed_start, table_names, three_step_yaml, who
+from migrate_it_support import (
+    make_plan,
+    plan_yaml,
+    resumable,
+    runner_for,
+    seed_start,
+    table_names,
+    three_step_yaml,
+    who,
+)
 from sqlalchemy import create_engine
 
 from airflow_migrate_provider.core.dialects import dialect_for
@@ -33,8 +42,8 @@ def _full_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def test_preflight_passes_and_takes_the_lock(engine):
-    plan = make_plan(ONE_STEP)
+def test_preflight_passes_and_takes_the_lock(engine, database):
+    plan = parse_plan(resumable(database.dialect, plan_yaml(ONE_STEP)))
     ledger = Ledger(engine, plan.id)
     report = run_preflight(plan, engine, ledger, who())
     assert report.lease is not None and not report.lease.reentered
@@ -107,3 +116,31 @@ def test_unreachable_source_writes_nothing_to_target(engine):
     assert "'legacy_db'" in message and "source" in message
     assert "s3cret" not in message and "s3cret" not in _full_text(caught.value)
     assert not {HISTORY_TABLE, LOCK_TABLE} & table_names(engine)
+
+
+@pytest.mark.parametrize("database", ["mariadb"], indirect=True)
+def test_mariadb_preflight_refuses_ddl_a_resumed_step_could_not_run_again(engine):
+    """MariaDB commits each DDL statement on its own: a crash between that commit and the ledger's record would make
+    the resumed step run it twice, so an unguarded statement is refused before anything changes."""
+    plan = make_plan("""
+  - id: add_audit
+    up: |
+      CREATE TABLE audit (id INTEGER PRIMARY KEY);
+      CREATE INDEX IF NOT EXISTS ix_audit ON audit (id);
+      INSERT INTO audit (id) VALUES (1);
+      ALTER TABLE audit ADD COLUMN note TEXT, MODIFY id BIGINT;
+      ALTER TABLE audit ADD COLUMN IF NOT EXISTS seen INTEGER, MODIFY id BIGINT;
+    down: DROP TABLE IF EXISTS audit;
+    verify: SELECT count(*) = 1 FROM audit
+""")
+    ledger = Ledger(engine, plan.id)
+    with pytest.raises(PreflightFailed) as caught:
+        run_preflight(plan, engine, ledger, who())
+    failures = caught.value.failures
+    assert len(failures) == 2, failures
+    assert failures[0].startswith("step 'add_audit' up statement 1 (CREATE TABLE audit")
+    assert "write `CREATE TABLE IF NOT EXISTS …`" in failures[0]
+    assert failures[1].startswith("step 'add_audit' up statement 4 (ALTER TABLE audit ADD COLUMN note TEXT")
+    assert "IF NOT EXISTS" in failures[1]
+    assert "audit" not in table_names(engine)  # nothing ran
+    assert ledger.lock_holder() is None  # and the lock is not left behind

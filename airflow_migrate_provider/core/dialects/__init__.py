@@ -35,9 +35,15 @@ def _unsupported(name: str, field: str | None, conn_id: str | None) -> Unsupport
 def dialect_named(name: str, field: str | None = None) -> Dialect:
     """The adapter for a dialect name, without a database (for rendering a plan offline)."""
     try:
-        return _BY_NAME[name]()
+        cls = _BY_NAME[name]
     except KeyError:
         raise _unsupported(name, field, None) from None
+    if name == cls.name:
+        return cls()
+    from sqlalchemy.dialects import registry
+
+    loaded = registry.load(name)  # one adapter for several SQLAlchemy dialects (mysql, mariadb)
+    return cls(loaded() if isinstance(loaded, type) else loaded)
 
 
 def dialect_of(bind: Engine | Connection, field: str | None = None, conn_id: str | None = None) -> Dialect:
@@ -113,6 +119,7 @@ def dialect_for(engine: Engine, field: str | None = None, conn_id: str | None = 
     return adapter
 
 
-__all__ = ["SUPPORTED", "Dialect", "MysqlDialect", "PostgresDialect", "SqliteDialect", "dialect_for", "dialect_for_conn_type",
+__all__ = ["SUPPORTED", "Dialect", "MysqlDialect", "PostgresDialect", "SqliteDialect", "dialect_for",
+           "dialect_for_conn_type",
            "dialect_name_of_uri", "dialect_named", "dialect_of", "is_transient", "own_connection_url",
            "precise_timestamp"]

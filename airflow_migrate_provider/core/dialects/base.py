@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from airflow_migrate_provider.core.dialects.catalog import InspectorCatalog
 from airflow_migrate_provider.core.dialects.restore_hooks import RestoreHooks
-from airflow_migrate_provider.core.dialects.types import TableDefinition, TypeInfo
+from airflow_migrate_provider.core.dialects.types import ResumeHazard, TableDefinition, TypeInfo
 from airflow_migrate_provider.errors import UnsupportedDatabase
 
 
@@ -111,6 +111,11 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
         statements = [s.strip() for s in sqlparse.split(sql)]
         return [s.rstrip(";").rstrip() for s in statements if s and s.strip(";").strip()]
 
+    def resume_hazard(self, statement: str) -> ResumeHazard | None:
+        """Why ``statement`` of a step cannot run again after a crash between its commit and the ledger's record
+        of it (None: it can, or, with transactional DDL, they commit together)."""
+        return None
+
     def read_json_as_text(self, expr: str) -> str:
         """How to SELECT a JSON column so its numbers never pass through a Python float."""
         return expr
@@ -197,10 +202,29 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
         raise self.unsupported("reading at a snapshot")
 
     # -- copy fast path --------------------------------------------------------------------------------
+    # how rows get into this database, for renderings: streamed from a source of the same kind, or from Python rows
+    stream_text: ClassVar[str] = "binary COPY out of the source, binary COPY into the target"
+    bulk_text: ClassVar[str] = "keyset SELECT batches, COPY into the target"
+
     @property
     def copy_fast_path(self) -> bool:
-        """True when rows can be streamed with the database's bulk protocol (PostgreSQL COPY via psycopg)."""
+        """True when rows can be written with the database's bulk protocol (PostgreSQL COPY via psycopg, MariaDB
+        LOAD DATA LOCAL INFILE): :meth:`copy_rows_into` works."""
         return False
+
+    def streams_from(self, source: Dialect) -> bool:
+        """True when :meth:`copy_between` moves rows from ``source``'s connections into this database with no value
+        passing through Python (both sides speak the same bulk protocol)."""
+        return self.copy_fast_path and source.copy_fast_path and type(source) is type(self)
+
+    def stream_column(self, expr: str, target_type: str) -> str:
+        """A source expression as :meth:`copy_between`'s SELECT must produce it for a column of ``target_type``
+        (binary COPY needs the target's exact type: numeric → float8 or bigint → int fail otherwise)."""
+        return f"CAST(({expr}) AS {target_type})"
+
+    def clear_stage(self, tconn: Connection, stage: str) -> None:
+        """Empty a staging table (see :meth:`stage_like`) inside the open transaction, committing nothing."""
+        tconn.exec_driver_sql(f"TRUNCATE {stage}", {})
 
     def copy_between(self, sconn: Connection, select_sql: str, params: dict[str, Any], tconn: Connection,
                      into: str, columns: str) -> int:

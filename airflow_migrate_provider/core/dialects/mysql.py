@@ -5,18 +5,20 @@ snapshots; sessions in UTC."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 
+from airflow_migrate_provider.core.dialects import mysql_catalog, mysql_copy, mysql_restore, mysql_resume
 from airflow_migrate_provider.core.dialects.base import Dialect
+from airflow_migrate_provider.core.dialects.types import RawForeignKey, ResumeHazard, TableDefinition
 
 _PREPARED = "_airflow_migrate_prepared"
 # lock wait timeout, deadlock, too many connections, server shutdown, can't connect, gone away, lost connection,
@@ -35,6 +37,7 @@ class MysqlDialect(Dialect):
     conn_types = ("mysql", "mariadb")
     sqlglot_name = "mysql"
     snapshot_reads = True
+    backup_strategies = ("snapshot", "mariadb_dump")
     precise_timestamp_type = staticmethod(lambda: DATETIME(fsp=6))
 
     def __init__(self, sa_dialect: SADialect | None = None):
@@ -115,6 +118,9 @@ class MysqlDialect(Dialect):
                 conn.rollback()
 
     # -- SQL text and values -------------------------------------------------------------------------
+    def resume_hazard(self, statement: str) -> ResumeHazard | None:
+        return mysql_resume.resume_hazard(statement, self.is_mariadb)
+
     def upsert_clause(self, keys: list[str], others: list[str], excluded: str = "excluded") -> str:
         # VALUES(c) is the row that was to be inserted, for INSERT ... VALUES and INSERT ... SELECT alike
         if not others:
@@ -144,6 +150,85 @@ class MysqlDialect(Dialect):
             "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name",
             {"schema": schema or None, "name": name}).first()
         return int(row[0]) if row and row[0] is not None else None
+
+    # -- backups and restore -------------------------------------------------------------------------
+    def table_definition(self, conn: Connection, table: str) -> TableDefinition:
+        return mysql_catalog.table_definition(conn, table, self.ident(table), self._preparer.quote_identifier)
+
+    @contextmanager
+    def restore_session(self, conn: Connection) -> Iterator[None]:
+        # rows come back table by table and tables are swapped by renames: InnoDB's checks are off for the
+        # restore's session, which checks the restored foreign keys by query instead (foreign_key_links)
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")  # the pooled connection checks again
+            conn.commit()
+
+    def before_rebuild(self, conn: Connection, table: str, definition: TableDefinition, exists: bool,
+                       rebuilt: list[str]) -> dict[str, Any]:
+        return mysql_restore.handed_out(conn, self.ident(table), exists)
+
+    def after_fill(self, conn: Connection, table: str, state: dict[str, Any]) -> None:
+        mysql_restore.continue_auto_increment(conn, self.ident(table), state)
+
+    def diff_keys(self, conn: Connection, table: str, definition: TableDefinition, source: str,
+                  index: int) -> str | None:
+        return mysql_restore.diff_keys(conn, self.ident(table), definition, source, index,
+                                       self._preparer.quote_identifier)
+
+    def delete_diff_sql(self, qt: str, diff: str, match: str) -> str:
+        return mysql_restore.delete_diff_sql(qt, diff, match)
+
+    def update_diff_sql(self, qt: str, columns: list[str], source: str, diff: str, target_match: str,
+                        source_match: str) -> str:
+        return mysql_restore.update_diff_sql(qt, columns, source, diff, target_match, source_match)
+
+    def foreign_key_links(self, conn: Connection, restoring: set[str], dropping: set[str],
+                          rebuilt: dict[str, TableDefinition]) -> list[tuple[str, RawForeignKey]]:
+        return mysql_restore.foreign_key_links(conn, restoring, dropping, rebuilt)
+
+    def rename_tables(self, conn: Connection, renames: list[tuple[str, str]]) -> None:
+        mysql_restore.rename_tables(conn, renames)
+
+    def move_foreign_keys(self, conn: Connection, parked: str, live: str, skip: set[str]) -> None:
+        mysql_restore.move_foreign_keys(conn, parked, live, skip, self._preparer.quote_identifier)
+
+    # -- copy fast path ------------------------------------------------------------------------------
+    stream_text = "rows formatted by the source server, LOAD DATA LOCAL INFILE into the target (no value in Python)"
+    bulk_text = "keyset SELECT batches, LOAD DATA LOCAL INFILE into the target"
+
+    @property
+    def copy_fast_path(self) -> bool:
+        return self.driver in ("pymysql", "mysqldb")
+
+    def stream_column(self, expr: str, target_type: str) -> str:
+        return expr  # the target parses the text of each value into its column's type
+
+    def copy_between(self, sconn: Connection, select_sql: str, params: dict[str, Any], tconn: Connection,
+                     into: str, columns: str) -> int:
+        return mysql_copy.copy_between(sconn, select_sql, params, tconn, into, columns)
+
+    def copy_rows_into(self, tconn: Connection, into: str, columns: str
+                       ) -> AbstractContextManager[Callable[[tuple[Any, ...]], None]]:
+        return mysql_copy.copy_rows_into(tconn, into, columns)
+
+    def clear_stage(self, tconn: Connection, stage: str) -> None:
+        tconn.exec_driver_sql(f"DELETE FROM {stage}", {})  # TRUNCATE commits the transaction, even of a temp table
+
+    def compare(self, exprs: list[str], op: str, values: tuple[Any, ...], params: dict[str, Any],
+                prefix: str) -> str:
+        # keyset bounds: the optimizer cannot range-scan a row-value comparison (a, b) > (x, y); the expansion
+        # a > x OR (a = x AND b > y) is the same test and uses the key's index
+        if len(exprs) == 1:
+            return super().compare(exprs, op, values, params, prefix)
+        names = []
+        for i, value in enumerate(values):
+            params[f"{prefix}{i}"] = value
+            names.append(self.param(f"{prefix}{i}"))
+        return mysql_copy.expand_row_comparison(exprs, op, names)
 
     # -- async ---------------------------------------------------------------------------------------
     def async_url(self, host: str | None, port: int | None, login: str | None, password: str | None,

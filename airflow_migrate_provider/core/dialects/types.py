@@ -16,6 +16,15 @@ class TypeInfo:
 
 
 @dataclass(frozen=True)
+class ResumeHazard:
+    """Why a statement of a step cannot run a second time after a crash (where DDL commits on its own), and how
+    to write it so it can (``fix``; None when the database has no such form)."""
+
+    why: str
+    fix: str | None
+
+
+@dataclass(frozen=True)
 class RawIndex:
     """An index as the catalog shows it, before normalization: elements are (SQL text, sorting words)."""
 

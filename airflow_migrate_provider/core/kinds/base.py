@@ -95,6 +95,12 @@ class StepKind(ABC, Generic[S]):
         """Problems visible in the step itself, for preflight (the model enforces most)."""
         return []
 
+    def dialect_checklist(self, step: S, dialect: Dialect) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """What the step's SQL means on ``dialect``'s database: (problems that refuse the run, notes for the
+        log), each as (the step's field, message); e.g. statements a crash could leave half-done where DDL is
+        not transactional."""
+        return [], []
+
     def task_shape(self, step: S) -> TaskShape:
         """The Airflow tasks the step needs; by default one task run by the kind's operator (what it does is
         :meth:`describe`, asked only when rendering)."""

@@ -114,6 +114,32 @@ class SchemaKind(StepKind[SchemaStep]):
             failures.append(f"step '{step.id}' has no verify query")
         return failures
 
+    def dialect_checklist(self, step: SchemaStep, dialect: Dialect
+                          ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Where DDL is not transactional, each statement runs again when a crash came between its commit and the
+        ledger's record of it: a statement that cannot run twice is refused when the database has a guarded
+        form of it, and noted when it has none."""
+        actions = actions_for(step, dialect)
+        if actions.transactional:
+            return [], []
+        problems, notes = [], []
+        for side, label in (("do", "up"), ("undo", "down")):
+            for number, statement in enumerate(actions.statements(side), start=1):
+                hazard = dialect.resume_hazard(statement)
+                if hazard is None:
+                    continue
+                first_line = statement.strip().splitlines()[0][:80]
+                where = f"step '{step.id}' {label} statement {number} ({first_line})"
+                if hazard.fix:
+                    problems.append((label, f"{where}: {hazard.why}. {dialect.label} commits each DDL statement "
+                                            f"on its own, so a run that dies right after it would fail running it "
+                                            f"again on resume: {hazard.fix}"))
+                else:
+                    notes.append((label, f"{where}: {hazard.why}; if the worker dies right after it commits, "
+                                         f"resuming fails on it and the step needs a manual look (put it last in "
+                                         f"its step)"))
+        return problems, notes
+
     def needs_apply_before(self, row: HistoryRow | None) -> bool:
         # a partly applied non-transactional step resumes only when its own task asks for it
         return row is None
@@ -125,6 +151,9 @@ class SchemaKind(StepKind[SchemaStep]):
         lines = [f"checksum {self.checksum(step)[:12]}; "
                  f"{'one transaction' if actions.transactional else 'statement by statement'}"
                  + ("; IRREVERSIBLE (point of no return)" if actions.irreversible else "")]
+        if dialect is not None:
+            problems, notes = self.dialect_checklist(step, dialect)
+            lines += [f"NOT RESUMABLE: {p}" for _, p in problems] + [f"note: {n}" for _, n in notes]
         for label, statements in (("up", actions.statements("do")), ("verify", actions.checks("do")),
                                   ("down (on rollback)", actions.statements("undo")),
                                   ("verify_down (on rollback)", actions.checks("undo"))):
