@@ -102,7 +102,7 @@ def child_main(cfg: dict[str, Any]) -> None:
     totals: dict[str, list[float]] = {}
     for name in ("start", "copy_chunk", "final_sync"):
         bench.record_call_durations(runner_mod.BackfillRunner, name, totals)
-    for name in ("copy_range", "_delete_range", "_pg_stream", "_write_rows"):
+    for name in ("copy_range", "_delete_range", "_stream", "_write_rows"):
         bench.record_call_durations(copier_mod.BatchCopier, name, totals)
     bench.record_call_durations(state_mod.Checkpoints, "advance", totals)
 
@@ -344,7 +344,7 @@ def print_details(reports: list[dict[str, Any]], quarter_report: dict[str, Any],
     phases, calls = median_run["phases"], median_run["calls"]
     sizes = median_run["batches"]
     batch_sum = phases.get("copy_range", 0.0)
-    stream, delete, advance = (phases.get(name, 0.0) for name in ("_pg_stream", "_delete_range", "advance"))
+    stream, delete, advance = (phases.get(name, 0.0) for name in ("_stream", "_delete_range", "advance"))
     print(f"ours, median run ({median_run['seconds']:.2f} s): {len(sizes)} batches (checkpoint committed with "
           f"each), rows per batch first {sizes[0]:,}, median {int(statistics.median(sizes)):,}, max {max(sizes):,}")
     print(f"  start {phases.get('start', 0):.2f} s | phase 1 {phases.get('copy_chunk', 0):.2f} s "

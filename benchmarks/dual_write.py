@@ -152,7 +152,7 @@ def timings() -> dict[str, list[float]]:
     if "wrapped" not in _DURATIONS:
         for owner, names in ((Replayer, ("_read_changes", "_gone_keys", "_delete_keys", "_upsert_keys", "_checkpoint",
                                          "_forget", "lag")),
-                             (BatchCopier, ("_pg_stream", "_merge_stage")),
+                             (BatchCopier, ("_stream", "_merge_stage")),
                              (Cutover, ("catch_up", "_switch_under_lock", "_after_switch")), (LockCounts, ("finish",))):
             for name in names:
                 bench.record_call_durations(owner, name, _DURATIONS)
@@ -163,7 +163,7 @@ def timings() -> dict[str, list[float]]:
 
 def pieces_text(totals: dict[str, float]) -> str:
     names = {"_read_changes": "read changes", "_gone_keys": "find gone keys", "_delete_keys": "delete them",
-             "_upsert_keys": "upsert", "_pg_stream": "of which COPY to stage", "_merge_stage": "merge stage",
+             "_upsert_keys": "upsert", "_stream": "of which COPY to stage", "_merge_stage": "merge stage",
              "_checkpoint": "checkpoint", "_forget": "delete change rows", "lag": "lag queries"}
     return ", ".join(f"{label} {totals.get(k, 0.0):.2f} s" for k, label in names.items())
 

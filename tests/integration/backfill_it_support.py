@@ -1,7 +1,7 @@
 """Shared helpers for the backfill integration tests (plain functions and one context manager, no fixtures).
 
-A backfill moves rows between two engines: these helpers open them (PostgreSQL databases from the
-``pg_database_factory`` fixture, SQLite files under a temporary directory), build a plan, and read back
+A backfill moves rows between two engines: these helpers open them (PostgreSQL and MariaDB databases from the
+``pg_urls``/``mariadb_urls`` fixtures, SQLite files under a temporary directory), build a plan, and read back
 the ledger and checkpoint tables the way a user inspecting the target would.
 """
 
@@ -25,6 +25,18 @@ PLAN_ID = "bf_plan"
 CHECKPOINT_TABLE = "airflow_migrate_backfill"
 # source → target pairs: "same" means source and target tables live in one database
 PAIRS = ["pg-pg", "pg-same", "pg-sqlite", "sqlite-pg", "sqlite-sqlite", "sqlite-same"]
+MARIADB_PAIRS = ["mariadb-mariadb", "mariadb-same", "pg-mariadb", "mariadb-pg", "sqlite-mariadb"]
+MYSQL_NAMES = ("mysql", "mariadb")  # SQLAlchemy's dialect names of a MariaDB server
+
+
+def is_mysql(dialect_name: str) -> bool:
+    return dialect_name in MYSQL_NAMES
+
+
+def server_urls(request: Any, kind: str) -> dict[str, list[str] | None]:
+    """The keyword arguments of :func:`open_pair` for ``kind``: the module's databases of each server it needs."""
+    return {"pg_urls": request.getfixturevalue("pg_urls") if "pg" in kind else None,
+            "mariadb_urls": request.getfixturevalue("mariadb_urls") if "mariadb" in kind else None}
 
 
 @dataclass
@@ -49,17 +61,26 @@ class Pair:
 
 
 @contextmanager
-def open_pair(kind: str, pg_urls: list[str] | None, tmp_path: Path) -> Iterator[Pair]:
-    """Empty databases for one pair kind. PostgreSQL ones are taken from ``pg_urls`` (databases kept for a
-    whole module, emptied here first); SQLite files are created under ``tmp_path``. Engines are disposed
-    afterwards (their pooled sessions may hold the copier's temporary staging tables)."""
+def open_pair(kind: str, pg_urls: list[str] | None, tmp_path: Path,
+              mariadb_urls: list[str] | None = None) -> Iterator[Pair]:
+    """Empty databases for one pair kind. PostgreSQL and MariaDB ones are taken from ``pg_urls`` and
+    ``mariadb_urls`` (databases kept for a whole module, emptied here first); SQLite files are created under
+    ``tmp_path``. Engines are disposed afterwards (their pooled sessions may hold the copier's temporary
+    staging tables)."""
     engines: list[Engine] = []
     free_pg = list(pg_urls or [])
+    free_mariadb = list(mariadb_urls or [])
 
     def pg() -> Engine:
         engine = sa.create_engine(free_pg.pop(0))
         engines.append(engine)
         run_sql(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
+        return engine
+
+    def mariadb() -> Engine:
+        engine = sa.create_engine(free_mariadb.pop(0))
+        engines.append(engine)
+        empty_mariadb(engine)
         return engine
 
     def lite(name: str) -> Engine:
@@ -68,14 +89,26 @@ def open_pair(kind: str, pg_urls: list[str] | None, tmp_path: Path) -> Iterator[
 
     try:
         src_kind, _, tgt_kind = kind.partition("-")
-        source = pg() if src_kind == "pg" else lite("source.sqlite")
-        target = source if tgt_kind == "same" else pg() if tgt_kind == "pg" else lite("target.sqlite")
+        opener = {"pg": pg, "mariadb": mariadb}
+        source = opener[src_kind]() if src_kind in opener else lite("source.sqlite")
+        target = source if tgt_kind == "same" else opener[tgt_kind]() if tgt_kind in opener else lite("target.sqlite")
         for engine in engines:
             dialect_for(engine)
         yield Pair(kind, source, target)
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def empty_mariadb(engine: Engine) -> None:
+    """Drop every table of the engine's MariaDB database (the module's databases are reused by its tests)."""
+    with engine.begin() as conn:
+        tables = conn.exec_driver_sql("SELECT table_name FROM information_schema.tables "
+                                      "WHERE table_schema = DATABASE()").scalars().all()
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+        for table in tables:
+            conn.exec_driver_sql(f"DROP TABLE `{table}`")
+        conn.exec_driver_sql("SET SESSION foreign_key_checks = 1")
 
 
 def backfill_plan(*steps: dict[str, Any], plan_id: str = PLAN_ID) -> Plan:

@@ -13,3 +13,10 @@ def pg_urls(pg_database_factory) -> Iterator[list[str]]:
     """Two PostgreSQL databases (SQLAlchemy URLs) that one test module's tests share."""
     with ExitStack() as stack:
         yield [stack.enter_context(pg_database_factory()).sqlalchemy_url for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def mariadb_urls(mariadb_database_factory) -> Iterator[list[str]]:
+    """Two MariaDB databases (SQLAlchemy URLs) that one test module's tests share."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(mariadb_database_factory()).sqlalchemy_url for _ in range(2)]

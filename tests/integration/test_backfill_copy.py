@@ -1,7 +1,10 @@
 """Backfill copy correctness on real databases: every value arrives exactly, for every source → target pair.
 
 Pairs: PostgreSQL → PostgreSQL (binary COPY fast path; two databases, and one database), PostgreSQL →
-SQLite, SQLite → PostgreSQL (text COPY), SQLite → SQLite (two files, and one file). The data holds NULLs in
+SQLite, SQLite → PostgreSQL (text COPY), SQLite → SQLite (two files, and one file), and with MariaDB: MariaDB →
+MariaDB (lines formatted by the source, LOAD DATA LOCAL INFILE; two databases, and one), PostgreSQL and SQLite →
+MariaDB (LOAD DATA of Python rows), MariaDB → PostgreSQL. MariaDB keeps instants as UTC DATETIME(6), booleans
+as tinyint(1) and JSON as text. The data holds NULLs in
 every nullable column, unicode, text that is special to COPY, JSON with numbers no float can hold, numerics
 with scale, timestamps with offsets, bytes, booleans, a composite key and a transform in ``columns``.
 Contents are compared in Python, normalized per dialect (SQLite keeps timestamps as text, etc.).
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 from backfill_it_support import (
+    MARIADB_PAIRS,
     PAIRS,
     backfill_plan,
     checkpoint_rows,
@@ -25,9 +29,11 @@ from backfill_it_support import (
     fetch,
     history,
     insert_rows,
+    is_mysql,
     open_pair,
     run_sql,
     runner_for,
+    server_urls,
 )
 
 from airflow_migrate_provider.core.backfill.lock_counts import AT_SNAPSHOT, UNDER_LOCK
@@ -81,8 +87,18 @@ def member_rows() -> list[dict[str, Any]]:
             for t in range(1, TENANTS + 1) for m in range(1, MEMBERS + 1)]
 
 
+MYSQL_USERS = """CREATE TABLE {table} (
+    id bigint PRIMARY KEY, name text, {extra} balance decimal({precision}), created_at datetime(6),
+    local_at datetime(6), active boolean, avatar blob, payload json, {prefs} updated_at datetime(6) NOT NULL)"""
+
+
 def create_source(engine, dialect: str) -> None:
-    if dialect == "postgresql":
+    if is_mysql(dialect):
+        run_sql(engine, MYSQL_USERS.format(table="users", extra="theme text, lang text,", precision="14, 2",
+                                           prefs=""),
+                "CREATE TABLE memberships (tenant_id int NOT NULL, id int NOT NULL, role text, "
+                "PRIMARY KEY (tenant_id, id))")
+    elif dialect == "postgresql":
         run_sql(engine, """
             CREATE TABLE users (
                 id bigint PRIMARY KEY, name text, theme text, lang text, balance numeric(14, 2),
@@ -101,7 +117,11 @@ def create_source(engine, dialect: str) -> None:
 
 
 def create_target(engine, dialect: str) -> None:
-    if dialect == "postgresql":  # balance: unconstrained numeric, so only an exact copy keeps 12.50
+    if is_mysql(dialect):  # balance: wide scale (MariaDB has no unconstrained decimal); 12.50 stays 12.5000000000
+        run_sql(engine, MYSQL_USERS.format(table="users_v2", extra="", precision="30, 10", prefs="prefs json,"),
+                "CREATE TABLE memberships_v2 (tenant_id int NOT NULL, id int NOT NULL, member_role text, "
+                "PRIMARY KEY (tenant_id, id))")
+    elif dialect == "postgresql":  # balance: unconstrained numeric, so only an exact copy keeps 12.50
         run_sql(engine, """
             CREATE TABLE users_v2 (
                 id bigint PRIMARY KEY, name text, balance numeric, created_at timestamptz, local_at timestamp,
@@ -117,8 +137,16 @@ def create_target(engine, dialect: str) -> None:
                 "PRIMARY KEY (tenant_id, id))")
 
 
+def utc_naive(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
 def seed_source(engine, dialect: str, users: list[dict[str, Any]], members: list[dict[str, Any]]) -> None:
-    if dialect == "postgresql":
+    if is_mysql(dialect):  # instants as UTC DATETIME (the sessions are in UTC)
+        insert_rows(engine, "INSERT INTO users VALUES (:id, :name, :theme, :lang, :balance, :created_at, "
+                            ":local_at, :active, :avatar, :payload, :updated_at)", [
+            {**u, "created_at": utc_naive(u["created_at"]), "updated_at": utc_naive(u["updated_at"])} for u in users])
+    elif dialect == "postgresql":
         insert_rows(engine, "INSERT INTO users VALUES (:id, :name, :theme, :lang, :balance, :created_at, "
                             ":local_at, :active, :avatar, CAST(:payload AS jsonb), :updated_at)", users)
     else:  # as an application writing SQLite stores them: timestamps as ISO text, booleans as 0/1
@@ -147,10 +175,12 @@ def copy_plan(src_dialect: str, *, users_step: dict[str, Any] | None = None):
 
 # -- normalizing what a database hands back ----------------------------------------------------------
 
-def instant(value: Any) -> datetime | None:
+def instant(value: Any, zoneless_is_utc: bool = False) -> datetime | None:
     if value is None:
         return None
     parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if zoneless_is_utc and parsed.tzinfo is None:  # MariaDB: UTC DATETIME
+        parsed = parsed.replace(tzinfo=timezone.utc)
     assert parsed.tzinfo is not None, f"timestamp {value!r} lost its time zone"
     return parsed.astimezone(timezone.utc)
 
@@ -188,10 +218,11 @@ def expected_users(users: list[dict[str, Any]]) -> dict[int, tuple[Any, ...]]:
 def target_users(engine) -> dict[int, tuple[Any, ...]]:
     pg = engine.dialect.name == "postgresql"
     as_text = "::text" if pg else ""
+    utc = is_mysql(engine.dialect.name)
     rows = fetch(engine, f"SELECT id, name, balance{as_text}, created_at, local_at, active, avatar, "
                          f"payload{as_text}, prefs{as_text}, updated_at FROM users_v2 ORDER BY id")
-    return {r[0]: (r[1], decimal(r[2]), instant(r[3]), naive(r[4]), boolean(r[5]), raw(r[6]), parsed_json(r[7]),
-                   parsed_json(r[8]), instant(r[9])) for r in rows}
+    return {r[0]: (r[1], decimal(r[2]), instant(r[3], utc), naive(r[4]), boolean(r[5]), raw(r[6]),
+                   parsed_json(r[7]), parsed_json(r[8]), instant(r[9], utc)) for r in rows}
 
 
 def target_members(engine) -> dict[tuple[int, int], str | None]:
@@ -216,9 +247,15 @@ def pg_urls_if(request):
     return lambda kind: request.getfixturevalue("pg_urls") if "pg" in kind else None
 
 
-@pytest.fixture(params=PAIRS)
-def pair(request, pg_urls_if, tmp_path):
-    with open_pair(request.param, pg_urls_if(request.param), tmp_path) as p:
+@pytest.fixture
+def urls_of(request):
+    """``urls_of(kind)``: open_pair's keyword arguments, the module's server databases the pair kind needs."""
+    return lambda kind: server_urls(request, kind)
+
+
+@pytest.fixture(params=PAIRS + MARIADB_PAIRS)
+def pair(request, urls_of, tmp_path):
+    with open_pair(request.param, tmp_path=tmp_path, **urls_of(request.param)) as p:
         yield p
 
 
@@ -248,7 +285,7 @@ def test_copy_is_exact_verified_idempotent_and_rolled_back(seeded):
     # spot checks a user would make by hand
     ist = next(u for u in users if u["created_at"] is not None and u["created_at"].utcoffset() == IST.utcoffset(None))
     got = fetch(pair.target, "SELECT created_at FROM users_v2 WHERE id = :i", {"i": ist["id"]})[0][0]
-    assert instant(got) == ist["created_at"].astimezone(timezone.utc)  # 10:00+05:30 is 04:30 UTC
+    assert instant(got, is_mysql(pair.tgt_dialect)) == ist["created_at"].astimezone(timezone.utc)  # 10:00+05:30 is 04:30 UTC
     if pair.tgt_dialect == "postgresql":
         assert fetch(pair.target, "SELECT payload->>'big', payload->'nested'->'a'->>1 FROM users_v2 "
                                   "WHERE id = :i", {"i": users[1]["id"]}) == [(str(BIG), "2.50")]
@@ -295,9 +332,9 @@ def test_copy_is_exact_verified_idempotent_and_rolled_back(seeded):
     assert count(pair.target, "memberships_v2") == TENANTS * MEMBERS
 
 
-@pytest.mark.parametrize("kind", ["pg-pg", "pg-sqlite", "sqlite-pg", "sqlite-same"])
-def test_empty_source_table_copies_nothing_and_applies(kind, pg_urls_if, tmp_path):
-    with open_pair(kind, pg_urls_if(kind), tmp_path) as pair:
+@pytest.mark.parametrize("kind", ["pg-pg", "pg-sqlite", "sqlite-pg", "sqlite-same", "mariadb-mariadb"])
+def test_empty_source_table_copies_nothing_and_applies(kind, urls_of, tmp_path):
+    with open_pair(kind, tmp_path=tmp_path, **urls_of(kind)) as pair:
         create_source(pair.source, pair.src_dialect)
         create_target(pair.target, pair.tgt_dialect)
         plan = copy_plan(pair.src_dialect)
@@ -322,14 +359,19 @@ COUNTED = {
     "sqlite-pg": "at the lock: the source counted under it, the target at its snapshot after releasing it",
     "sqlite-sqlite": UNDER_LOCK,
     "sqlite-same": UNDER_LOCK,
+    "mariadb-mariadb": AT_SNAPSHOT,
+    "mariadb-same": AT_SNAPSHOT,
+    "pg-mariadb": AT_SNAPSHOT,
+    "mariadb-pg": AT_SNAPSHOT,
+    "sqlite-mariadb": "at the lock: the source counted under it, the target at its snapshot after releasing it",
 }
 
 
-@pytest.mark.parametrize("kind", PAIRS)
-def test_rows_inserted_and_updated_during_the_copy_arrive(kind, pg_urls_if, tmp_path):
+@pytest.mark.parametrize("kind", PAIRS + MARIADB_PAIRS)
+def test_rows_inserted_and_updated_during_the_copy_arrive(kind, urls_of, tmp_path):
     """Phases 2 and 3 pick up what changed after phase 1 took its high-water mark: new keys above it, and
     updated rows (watermark moved), with their latest values. The final counts are as of the lock."""
-    with open_pair(kind, pg_urls_if(kind), tmp_path) as pair:
+    with open_pair(kind, tmp_path=tmp_path, **urls_of(kind)) as pair:
         users = user_rows()[:1200]
         create_source(pair.source, pair.src_dialect)
         seed_source(pair.source, pair.src_dialect, users, [])
@@ -348,7 +390,8 @@ def test_rows_inserted_and_updated_during_the_copy_arrive(kind, pg_urls_if, tmp_
         changed = {users[10]["id"]: "renamed during phase 1", users[500]["id"]: None}
         new_rows = [{**users[i], "id": 100_000 + i, "name": f"new {i} ✨", "updated_at": later} for i in range(3)]
         update = "UPDATE users SET name = :name, updated_at = :ts WHERE id = :id"
-        stamp = later if pair.src_dialect == "postgresql" else later.isoformat(sep=" ")
+        stamp = (later if pair.src_dialect == "postgresql" else utc_naive(later) if is_mysql(pair.src_dialect)
+                 else later.isoformat(sep=" "))
         insert_rows(pair.source, update, [{"id": k, "name": v, "ts": stamp} for k, v in changed.items()])
         seed_source(pair.source, pair.src_dialect, new_rows[:2], [])
         report = bf.copy_recent()

@@ -1,16 +1,21 @@
 """Move one batch of rows from the source into the target, with its checkpoint in the same transaction.
 
-Three paths, chosen by the pair of databases:
+Three paths, chosen by the pair of databases (the target's adapter says which: ``Dialect.streams_from``,
+``Dialect.copy_fast_path``):
 
-- PostgreSQL → PostgreSQL (psycopg 3): ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` streamed into
-  ``COPY ... FROM STDIN (FORMAT BINARY)`` in 128 KiB writes (see core/dialects/pg_copy.py). No value is parsed in
-  Python; the SELECT casts every column to the target's exact type so the binary formats always agree.
-- anything → PostgreSQL: keyset SELECT, rows written with text COPY (PostgreSQL parses each value).
-- anything → SQLite/MySQL: keyset SELECT, multi-row INSERT through the driver's executemany.
+- a stream between two databases of one kind, no value parsed in Python (``Dialect.copy_between``):
+  PostgreSQL → PostgreSQL (psycopg 3): ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` streamed into
+  ``COPY ... FROM STDIN (FORMAT BINARY)`` (core/dialects/pg_copy.py; the SELECT casts every column to the target's
+  exact type so the binary formats always agree); MariaDB → MariaDB: the source server formats each row as a line
+  of ``LOAD DATA LOCAL INFILE`` text, fed to the target through a pipe (core/dialects/mysql_copy.py).
+- anything → PostgreSQL or MariaDB: keyset SELECT, rows written with the target's bulk protocol
+  (``Dialect.copy_rows_into``: text COPY, LOAD DATA LOCAL INFILE); the target parses each value.
+- anything → SQLite: keyset SELECT, multi-row INSERT through the driver's executemany.
 
 A phase-1 batch of an integer key first deletes its key range in the target, then inserts; other keys
 upsert. Either way re-copying a batch (after a manual reset, say) never duplicates rows.
-Phases 2 and 3 upsert (``ON CONFLICT DO UPDATE``), so a row copied twice ends up with its latest values.
+Phases 2 and 3 upsert (``ON CONFLICT DO UPDATE``, ``ON DUPLICATE KEY UPDATE``), so a row copied twice ends up
+with its latest values.
 """
 
 from __future__ import annotations
@@ -99,10 +104,10 @@ class BatchCopier:
                 sql, params = self.range_select(lower, upper, cast=True)
                 if upsert:
                     self._ensure_stage(tconn)
-                    rows = self._pg_stream(sconn, sql, params, tconn, self.stage)
+                    rows = self._stream(sconn, sql, params, tconn, self.stage)
                     self._merge_stage(tconn)
                 else:
-                    rows = self._pg_stream(sconn, sql, params, tconn, self.spec.target_table)
+                    rows = self._stream(sconn, sql, params, tconn, self.spec.target_table)
             else:
                 sql, params = self.range_select(lower, upper, cast=False)
                 rows, _ = self._write_rows(tconn, self._read(sconn, sql, params), upsert=upsert)
@@ -121,7 +126,7 @@ class BatchCopier:
         if self.spec.fast_path:
             sql, params = self.delta_select(delta, after, limit, cast=True)
             self._ensure_stage(tconn)
-            rows = self._pg_stream(sconn, sql, params, tconn, self.stage)
+            rows = self._stream(sconn, sql, params, tconn, self.stage)
             last = self._stage_last_key(tconn) if rows else None
             if rows:
                 self._merge_stage(tconn)
@@ -132,8 +137,8 @@ class BatchCopier:
             checkpoint(tconn, last, rows)
         return rows, last
 
-    # -- PostgreSQL fast path ------------------------------------------------------------------------
-    def _pg_stream(self, sconn: Connection, select_sql: str, params: dict[str, Any], tconn: Connection,
+    # -- streaming fast path -------------------------------------------------------------------------
+    def _stream(self, sconn: Connection, select_sql: str, params: dict[str, Any], tconn: Connection,
                    into: str) -> int:
         return self.tgt.copy_between(sconn, select_sql, params, tconn, into, ", ".join(self.spec.column_idents))
 
@@ -145,7 +150,7 @@ class BatchCopier:
         cols = ", ".join(self.spec.column_idents)
         tconn.exec_driver_sql(f"INSERT INTO {self.spec.target_table} ({cols}) SELECT {cols} FROM {self.stage}"
                               f"{self._conflict_clause('EXCLUDED')}", {})
-        tconn.exec_driver_sql(f"TRUNCATE {self.stage}", {})
+        self.tgt.clear_stage(tconn, self.stage)
 
     def _stage_last_key(self, tconn: Connection) -> Key:
         order = ", ".join(f"{k} DESC" for k in self.spec.key_idents)
@@ -169,7 +174,7 @@ class BatchCopier:
         key_positions.sort(key=lambda i: self.spec.key.index(self.spec.columns[i].name))
         rows, last = 0, None
         if self.tgt.copy_fast_path:
-            with self._pg_text_copy(tconn, upsert) as write_row:
+            with self._bulk_rows(tconn, upsert) as write_row:
                 for part in parts:
                     for row in part:
                         write_row(row)
@@ -187,7 +192,7 @@ class BatchCopier:
         return rows, last
 
     @contextmanager
-    def _pg_text_copy(self, tconn: Connection, upsert: bool) -> Iterator[Callable[[tuple[Any, ...]], None]]:
+    def _bulk_rows(self, tconn: Connection, upsert: bool) -> Iterator[Callable[[tuple[Any, ...]], None]]:
         cols = ", ".join(self.spec.column_idents)
         into = self.spec.target_table
         if upsert:

@@ -105,8 +105,9 @@ class BackfillSpec:
 
     @property
     def fast_path(self) -> bool:
-        """PostgreSQL → PostgreSQL through psycopg 3: binary COPY out of the source and into the target."""
-        return self.src.copy_fast_path and self.tgt.copy_fast_path
+        """Rows stream from the source into the target with no value in Python (PostgreSQL → PostgreSQL binary COPY,
+        MariaDB → MariaDB LOAD DATA of lines the source formats): ``Dialect.streams_from``."""
+        return self.tgt.streams_from(self.src)
 
     def where(self, *conditions: str | None) -> str:
         parts = [c for c in (*conditions, self.filter) if c]
@@ -115,23 +116,22 @@ class BackfillSpec:
     def select_list(self, cast_to_target: bool) -> str:
         """The source SELECT list, one expression per target column, named like the target column.
 
-        PG → PG casts every expression to the target's exact type, so binary COPY always matches (it fails
-        on numeric → float8 or bigint → int otherwise). PG sources read JSON as text elsewhere, so big
-        numbers in JSON never pass through a Python float.
+        On the streaming path each expression is as the target's adapter wants it (``Dialect.stream_column``:
+        PG → PG casts to the target's exact type, so binary COPY always matches). PG sources read JSON as text
+        elsewhere, so big numbers in JSON never pass through a Python float.
         """
         items = []
         for col in self.columns:
             expr = col.source_expr
             if cast_to_target:
-                expr = f"CAST(({expr}) AS {col.target_type})"
+                expr = self.tgt.stream_column(expr, col.target_type)
             elif col.source_category == "json":
                 expr = self.src.read_json_as_text(expr)
             items.append(f"{expr} AS {self.src.ident(col.name)}")
         return ", ".join(items)
 
     def describe(self) -> list[str]:
-        how = ("binary COPY out of the source, binary COPY into the target" if self.fast_path else
-               "keyset SELECT batches, COPY into the target" if self.tgt.copy_fast_path else
+        how = (self.tgt.stream_text if self.fast_path else self.tgt.bulk_text if self.tgt.copy_fast_path else
                "keyset SELECT batches, multi-row INSERT into the target")
         return [
             f"copy {self.source_from} → {self.target_table} ({len(self.columns)} columns; key "
