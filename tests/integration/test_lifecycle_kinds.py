@@ -50,14 +50,14 @@ CASES: dict[str, LifecycleCase] = {
     "schema": LifecycleCase("""
   - id: add_notes
     up: |
-      CREATE TABLE notes (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users (id), body TEXT);
-      CREATE INDEX ix_notes_user ON notes (user_id);
+      CREATE TABLE IF NOT EXISTS notes (
+          id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users (id), body VARCHAR(80));
+      CREATE INDEX IF NOT EXISTS ix_notes_body ON notes (body);
       INSERT INTO notes (id, user_id, body) SELECT id, id, email FROM users WHERE id <= 10;
       UPDATE users SET email = 'changed@example.com' WHERE id = 1;
     down: |
       UPDATE users SET email = 'u1@example.com' WHERE id = 1;
-      DROP INDEX ix_notes_user;
-      DROP TABLE notes;
+      DROP TABLE IF EXISTS notes;
     verify: SELECT count(*) = 10 FROM notes
     verify_down: SELECT count(*) = 0 FROM users WHERE email = 'changed@example.com'
 """),
@@ -126,6 +126,8 @@ def test_lifecycle_apply_rollback_apply_complete(kind: str, engine: Engine) -> N
     plan = make_plan(case.steps, plan_id=f"life_{kind}")
     *before_it, step = plan.steps  # the steps a kind builds on (a cutover's dual_write) come first
     assert kind_of(step).name == kind
+    dialect = dialect_for(engine)
+    assert kind_of(step).dialect_checklist(step, dialect) == ([], [])  # resumable where DDL is not transactional
     ledger = Ledger(engine, plan.id)
     ledger.ensure()
 
