@@ -10,17 +10,25 @@ Measured, each ``--repeat`` times (medians reported):
    quarter of the rows to show that memory does not grow with the table;
 3. naive ``cursor.executemany(INSERT ...)`` in batches of 1,000 rows (a commit per batch) on a subset,
    extrapolated to rows/s;
-4. the generic path on a subset: our backfill PostgreSQL -> SQLite file, and SQLite file -> PostgreSQL.
+4. the generic path on a subset: our backfill PostgreSQL -> SQLite file, and SQLite file -> PostgreSQL;
+5. MariaDB -> MariaDB (``--mariadb-rows``, default 300,000; 0 skips it): ``mariadb-dump <table> | mariadb`` (extended
+   INSERTs through two client processes joined by a pipe) against our backfill step (lines formatted by the source
+   server, ``LOAD DATA LOCAL INFILE`` through a named pipe, a checkpoint committed with every batch), alternating.
 
 The script creates two uniquely named databases (source, target) on the server of ``--pg-url`` and drops
 them at the end, also on error or Ctrl-C. The last line printed is machine-readable::
 
     backfill rows=N ratio_vs_copy_pipe=R1 ratio_vs_executemany=R2 peak_rss_mb=M
 
+preceded by ``backfill_mariadb rows=N ratio_vs_dump_pipe=R`` when the MariaDB part runs (the last line with
+``--skip-pg``).
+
 Usage::
 
     .venv-test/bin/python benchmarks/backfill.py --rows 100000      # smoke run, well under a minute
     .venv-test/bin/python benchmarks/backfill.py                    # 2,000,000 rows, a few minutes
+    .venv-test/bin/python benchmarks/backfill.py --skip-pg          # MariaDB only, 300,000 rows (~1 minute)
+    .venv-test/bin/python benchmarks/backfill.py --skip-pg --mariadb-rows 2000000   # larger
 
 (any virtualenv with the package installed with its ``bench`` extra: ``pip install -e '.[tests,bench]'``)
 """
@@ -39,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_mariadb
 import bench_support as bench
 
 STEP_ID = "copy_orders"
@@ -229,8 +238,8 @@ def fmt_rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def print_copy_table(rows: list[CopyMeasure], reference: CopyMeasure) -> None:
-    header = (f"{'method':<46} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'vs psql pipe':>13} "
+def print_copy_table(rows: list[CopyMeasure], reference: CopyMeasure, reference_name: str = "psql pipe") -> None:
+    header = (f"{'method':<46} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'vs ' + reference_name:>13} "
               f"{'client CPU s':>13}  runs (s)")
     lines = []
     for m in rows:
@@ -247,7 +256,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-sqlite", action="store_true", help="skip the generic PG <-> SQLite paths")
     parser.add_argument("--profile", action="store_true",
                         help="also run our copy once under cProfile (not timed) and print its top functions")
+    parser.add_argument("--mariadb-rows", type=int, default=300_000,
+                        help="rows of the MariaDB -> MariaDB comparison (default 300,000; 0 skips it)")
+    parser.add_argument("--mariadb-url", default=bench_mariadb.DEFAULT_URL,
+                        help="MariaDB server/admin URL; two scratch databases are created there and dropped")
+    parser.add_argument("--skip-pg", action="store_true", help="run only the MariaDB -> MariaDB comparison")
     args = bench.parse_benchmark_args(parser, argv, min_rows=1_000, child_main=child_main)
+    mariadb_line = ""
+    if args.mariadb_rows:
+        mariadb_line = bench_mariadb.compare(args.mariadb_url, args.mariadb_rows, args.repeat, run_ours,
+                                             CopyMeasure, print_copy_table)
+    if args.skip_pg:
+        print(mariadb_line)
+        return
     clock = bench.BenchmarkClock()
     server = bench.Server(args.pg_url)
     n, k = args.rows, args.repeat
@@ -335,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     print_details(ours_reports, quarter_report, quarter, n)
     print(f"{clock.summary()} (other work on the machine adds noise: compare the runs)")
     print()
+    if mariadb_line:
+        print(mariadb_line)
     print(f"backfill rows={n} ratio_vs_copy_pipe={ours.rate / pipe.rate:.2f} "
           f"ratio_vs_executemany={ours.rate / naive.rate:.2f} peak_rss_mb={peak:.1f}")
 

@@ -68,6 +68,20 @@ WHERE g % 13 <> 0
 """
 PG_TABLE_DDL = ("CREATE TABLE {table} (id bigint PRIMARY KEY, n integer, s text, j jsonb, amount numeric(12,2), "
                 "updated_at timestamptz NOT NULL)")
+MYSQL_TABLE_DDL = ("CREATE TABLE {table} (id bigint PRIMARY KEY, n int, s text, j json, amount decimal(12,2), "
+                   "updated_at datetime(6) NOT NULL)")
+MYSQL_ROWS_SQL = """
+INSERT INTO {table} (id, n, s, j, amount, updated_at)
+SELECT seq,
+       CASE WHEN seq % 97 = 0 THEN NULL ELSE (seq * 7919) % 100000 END,
+       CONCAT(MD5(seq), REPEAT('x', seq % 40), CASE WHEN seq % 11 = 0 THEN ' tab\there, \\ "q" ' ELSE '' END),
+       JSON_OBJECT('g', seq, 'tags', JSON_ARRAY(seq % 3, 'a'), 'f', seq / 7.0),
+       ROUND(((seq * 137) % 10000000) / 100.0, 2),
+       CASE WHEN seq % 8 = 0 THEN TIMESTAMP'2024-01-01 00:00:00' + INTERVAL (seq % 3600) SECOND
+            ELSE TIMESTAMP'2000-01-01 00:00:00' + INTERVAL seq SECOND END
+FROM seq_1_to_{n}
+WHERE seq % 13 <> 0
+"""
 SQLITE_TABLE_DDL = ("CREATE TABLE {table} (id INTEGER PRIMARY KEY, n INTEGER, s TEXT, j JSON, amount NUMERIC(12,2), "
                     "updated_at TIMESTAMP NOT NULL)")
 BIG_ROWS = 65_000  # 60k rows after the gaps
@@ -78,7 +92,8 @@ LAG_DAY = 86_400
 # -- helpers ------------------------------------------------------------------------------------------
 
 def _create_table(engine: Engine, table: str) -> None:
-    ddl = PG_TABLE_DDL if engine.dialect.name == "postgresql" else SQLITE_TABLE_DDL
+    ddl = {"postgresql": PG_TABLE_DDL, "mysql": MYSQL_TABLE_DDL, "mariadb": MYSQL_TABLE_DDL}.get(
+        engine.dialect.name, SQLITE_TABLE_DDL)
     with engine.begin() as conn:
         conn.exec_driver_sql(ddl.format(table=table))
 
@@ -88,6 +103,13 @@ def _fill_pg(engine: Engine, table: str, n: int) -> None:
     with engine.begin() as conn:
         conn.execute(text(PG_ROWS_SQL.format(table=table, n=n)))
         conn.exec_driver_sql(f"ANALYZE {table}")
+
+
+def _fill_mysql(engine: Engine, table: str, n: int) -> None:
+    _create_table(engine, table)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(MYSQL_ROWS_SQL.format(table=table, n=n), execution_options={"no_parameters": True})
+        conn.exec_driver_sql(f"ANALYZE TABLE {table}").all()
 
 
 def _fill_sqlite(engine: Engine, table: str, n: int) -> None:
@@ -194,9 +216,25 @@ def _tagged(url: str, app: str) -> str:
     return str(make_url(url).update_query_dict({"application_name": app})) if url.startswith("postgresql") else url
 
 
+def wait_for_mariadb_statements(urls: list[str], timeout: float = 30.0) -> None:
+    """MariaDB: a SIGKILLed client's last statement may still run in its session: wait until no other session on
+    these databases runs one (a session of the dead client then only waits for a command it never gets)."""
+    for url in {u for u in urls if u.startswith("mysql")}:
+        engine = create_engine(url)
+        try:
+            deadline = time.monotonic() + timeout
+            while _count(engine, "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() "
+                                 "AND id <> CONNECTION_ID() AND command <> 'Sleep'"):
+                assert time.monotonic() < deadline, "statements of the killed client outlived it"
+                time.sleep(0.01)
+        finally:
+            engine.dispose()
+
+
 def wait_for_sessions_to_end(urls: list[str], app: str, timeout: float = 30.0) -> None:
     """A SIGKILLed client's last COMMIT may still be running in its server process: wait until the server
     has ended every session of ``app``, so what the test reads next no longer changes under it."""
+    wait_for_mariadb_statements(urls, timeout)
     for url in {u for u in urls if u.startswith("postgresql")}:
         engine = create_engine(url)
         try:
@@ -399,15 +437,16 @@ def sqlite_source(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def calibrations(pg_database_factory, tmp_path_factory):
+def calibrations(pg_database_factory, mariadb_database_factory, tmp_path_factory):
     """Phase timings per source/target pair, measured once per module by a full uninterrupted run."""
     cache: dict[str, dict[str, float]] = {}
 
     def get(pair: Pair) -> dict[str, float]:
         if pair.name not in cache:
             tmp = tmp_path_factory.mktemp(f"calibrate-{pair.name}")
-            if pair.target_kind == "postgresql":
-                with pg_database_factory() as db:
+            if pair.target_kind in ("postgresql", "mariadb"):
+                factory = pg_database_factory if pair.target_kind == "postgresql" else mariadb_database_factory
+                with factory() as db:
                     cache[pair.name] = calibrate(pair, db.sqlalchemy_url, tmp)
             else:
                 cache[pair.name] = calibrate(pair, f"sqlite:///{tmp / 'target.sqlite'}", tmp)
@@ -446,6 +485,47 @@ def test_sigkill_then_resume_sqlite_to_pg(sqlite_source, pg_target, calibrations
 def test_sigkill_then_resume_pg_to_sqlite(pg_source, calibrations, tmp_path, caplog, trial):
     pair = Pair("pg-sqlite", pg_source, "orders_small", target_kind="sqlite")
     kill_and_resume(pair, f"sqlite:///{tmp_path / 'target.sqlite'}", calibrations(pair), trial, tmp_path, caplog)
+
+
+# -- 2b. SIGKILL and resume on MariaDB (LOAD DATA LOCAL through a pipe) --------------------------------------
+
+@pytest.fixture(scope="module")
+def mariadb_source(mariadb_database_factory) -> Iterator[str]:
+    """A MariaDB source shared by the kill trials (they only read it): ``orders`` (60k rows)."""
+    with mariadb_database_factory() as db:
+        engine = create_engine(db.sqlalchemy_url)
+        try:
+            _fill_mysql(engine, "orders", BIG_ROWS)
+        finally:
+            engine.dispose()
+        yield db.sqlalchemy_url
+
+
+@pytest.fixture(scope="module")
+def mariadb_target(mariadb_database_factory) -> Iterator[str]:
+    with mariadb_database_factory() as db:
+        yield db.sqlalchemy_url
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_sigkill_then_resume_mariadb_to_mariadb(mariadb_source, mariadb_target, calibrations, tmp_path, caplog,
+                                                trial):
+    pair = Pair("mariadb-mariadb", mariadb_source, "orders", target_kind="mariadb")
+    kill_and_resume(pair, mariadb_target, calibrations(pair), trial, tmp_path, caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(100, 120))
+def test_sigkill_then_resume_mariadb_to_mariadb_many(mariadb_source, mariadb_target, calibrations, tmp_path, caplog,
+                                                     trial):
+    pair = Pair("mariadb-mariadb", mariadb_source, "orders", target_kind="mariadb")
+    kill_and_resume(pair, mariadb_target, calibrations(pair), trial, tmp_path, caplog)
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_then_resume_pg_to_mariadb(pg_source, mariadb_target, calibrations, tmp_path, caplog, trial):
+    pair = Pair("pg-mariadb", pg_source, "orders_small", target_kind="mariadb")
+    kill_and_resume(pair, mariadb_target, calibrations(pair), trial, tmp_path, caplog)
 
 
 # -- 3. a live source: concurrent inserts and updates ---------------------------------------------------
