@@ -30,7 +30,8 @@ _COMPATIBLE = {
     "binary": {"binary"},
     "other": {"other", "text"},
 }
-_PG_INTEGERS = {"int2", "int4", "int8", "smallint", "integer", "bigint", "oid"}
+# integer type names of result columns (PostgreSQL's, and MariaDB's: tinyint(1) is its boolean, copied into bool)
+_INTEGERS = {"int2", "int4", "int8", "smallint", "integer", "bigint", "oid", "tinyint", "mediumint", "year"}
 
 
 def category_of_sa_type(sa_type: Any) -> str:
@@ -53,7 +54,7 @@ def category_of_sa_type(sa_type: Any) -> str:
 
 
 def _pg_category(typname: str, typcategory: str) -> str:
-    if typname in _PG_INTEGERS:
+    if typname in _INTEGERS:
         return "integer"
     if typname == "uuid":
         return "text"
