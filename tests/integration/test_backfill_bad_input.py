@@ -16,9 +16,11 @@ from backfill_it_support import (
     count,
     history,
     insert_rows,
+    is_mysql,
     open_pair,
     run_sql,
     runner_for,
+    server_urls,
 )
 from pydantic import ValidationError
 
@@ -30,11 +32,11 @@ STEP = "copy_users"
 FIELD = f"steps.{STEP}"
 
 
-@pytest.fixture(params=["pg", "sqlite"])
+@pytest.fixture(params=["pg", "sqlite", "mariadb"])
 def pair(request, tmp_path):
-    """Two empty databases: PostgreSQL (the module's, emptied first) or two SQLite files."""
-    urls = request.getfixturevalue("pg_urls") if request.param == "pg" else None
-    with open_pair(f"{request.param}-{request.param}", urls, tmp_path) as p:
+    """Two empty databases: PostgreSQL or MariaDB (the module's, emptied first) or two SQLite files."""
+    kind = f"{request.param}-{request.param}"
+    with open_pair(kind, tmp_path=tmp_path, **server_urls(request, kind)) as p:
         yield p
 
 
@@ -44,11 +46,12 @@ def pg(pair: Pair) -> bool:
 
 def users_source(pair: Pair, *, pk: bool = True, rows: int = 5) -> None:
     key = "PRIMARY KEY" if pk else ""
-    ts = "timestamptz" if pg(pair) else "TIMESTAMP"
+    ts = "timestamptz" if pg(pair) else "DATETIME" if is_mysql(pair.src_dialect) else "TIMESTAMP"
+    stamp = "2024-01-01 00:00:00" if is_mysql(pair.src_dialect) else "2024-01-01 00:00:00+00:00"  # MariaDB: UTC
     run_sql(pair.source, f"CREATE TABLE users (id INTEGER {key}, name VARCHAR(40), created_at {ts}, "
                          f"updated_at {ts} NOT NULL)")
     insert_rows(pair.source, "INSERT INTO users VALUES (:i, :n, :t, :t)",
-                [{"i": i, "n": f"user {i}", "t": "2024-01-01 00:00:00+00:00"} for i in range(1, rows + 1)])
+                [{"i": i, "n": f"user {i}", "t": stamp} for i in range(1, rows + 1)])
 
 
 def users_target(pair: Pair, columns: str = "id INTEGER PRIMARY KEY, name VARCHAR(40), updated_at TIMESTAMP") -> None:

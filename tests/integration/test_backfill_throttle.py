@@ -20,6 +20,7 @@ from backfill_it_support import (
     open_pair,
     run_sql,
     runner_for,
+    server_urls,
 )
 
 from airflow_migrate_provider.errors import BackfillFailed
@@ -30,10 +31,9 @@ LAG_RULE = {"name": "lag", "query": "SELECT v FROM throttle_metric", "max": 5, "
             "max_pause_seconds": 0.05}
 
 
-@pytest.fixture(params=["pg-pg", "sqlite-same"])
+@pytest.fixture(params=["pg-pg", "sqlite-same", "mariadb-mariadb"])
 def pair(request, tmp_path):
-    urls = request.getfixturevalue("pg_urls") if "pg" in request.param else None
-    with open_pair(request.param, urls, tmp_path) as p:
+    with open_pair(request.param, tmp_path=tmp_path, **server_urls(request, request.param)) as p:
         yield p
 
 
