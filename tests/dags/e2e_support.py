@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 PG_EXAMPLE = REPO / "dags" / "plans" / "add_user_preferences.yaml"
 _ids = itertools.count(1)
 
+MARIADB_EXAMPLE = REPO / "dags" / "plans" / "add_user_preferences_mariadb.yaml"
 PG_SEED = (REPO / "docker" / "seed-app-db.sql").read_text()
+MARIADB_SEED = (REPO / "docker" / "seed-app-db-mariadb.sql").read_text()
 USERS = 1000  # both seeds
 
 
@@ -26,7 +28,8 @@ def seed(db: Any) -> None:
     if db.dialect == "sqlite":
         seed_demo_database(Path(db.sqlalchemy_url.removeprefix("sqlite:///")), users=USERS)
         return
-    execute(db.sqlalchemy_url, *(s for s in PG_SEED.split(";") if s.strip()))
+    seed_sql = MARIADB_SEED if db.dialect == "mariadb" else PG_SEED
+    execute(db.sqlalchemy_url, *(s for s in seed_sql.split(";") if s.strip()))
 
 
 def execute(url: str, *statements: str) -> None:
@@ -52,7 +55,7 @@ def scalar(url: str, sql: str) -> Any:
 
 def example_plan(dialect: str, mutate: Callable[[dict], None] | None = None) -> dict:
     """The example plan for ``dialect`` as a dict, with a unique id so every test has its own DAG."""
-    path = example_plan_path() if dialect == "sqlite" else PG_EXAMPLE
+    path = {"sqlite": example_plan_path(), "mariadb": MARIADB_EXAMPLE}.get(dialect, PG_EXAMPLE)
     data = yaml.safe_load(path.read_text())
     data["id"] = f"e2e_{dialect}_{next(_ids)}"
     if mutate:
