@@ -4,7 +4,7 @@ the rollback must have run (preflight excepted: nothing can be applied before it
 every table must equal what they were before the run, with the rollback's report saying so table by table.
 
 By default one fault per kind of task runs (preflight, backup, each step kind, each backfill phase, the final
-verify), spread over SQLite and PostgreSQL: ``DEFAULT_CASES``. The other faults of the matrix are marked
+verify), spread over SQLite, PostgreSQL and MariaDB: ``DEFAULT_CASES``. The other faults of the matrix are marked
 ``slow``: ``./scripts/test --slow`` runs them all."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ EXAMPLES = {
     "backfill_users": ("sqlite", example_plan_path("backfill_users.yaml")),
     "add_user_preferences_pg": ("postgresql", REPO / "dags" / "plans" / "add_user_preferences.yaml"),
     "backfill_users_pg": ("postgresql", REPO / "dags" / "plans" / "backfill_users_pg.yaml"),
+    "add_user_preferences_mariadb": ("mariadb", REPO / "dags" / "plans" / "add_user_preferences_mariadb.yaml"),
 }
 _ids = itertools.count(1)
 
@@ -66,7 +67,7 @@ def representative_cases() -> list[tuple[str, str, int | None]]:
     for position, case in enumerate(CASES):
         depth = [c for c in CASES if c[0] == case[0]].index(case)
         by_kind.setdefault(task_kind(case[0], case[1]), []).append((position, depth, case))
-    picked, per_dialect = [], {"sqlite": 0, "postgresql": 0}
+    picked, per_dialect = [], {"sqlite": 0, "postgresql": 0, "mariadb": 0}
     for candidates in by_kind.values():
         _, _, case = min(candidates, key=lambda c: (per_dialect[EXAMPLES[c[2][0]][0]], -c[1], c[0]))
         per_dialect[EXAMPLES[case[0]][0]] += 1
@@ -92,7 +93,7 @@ def test_every_example_has_a_backup_and_many_fault_points():
 
 def test_the_default_cases_cover_every_task_kind_on_both_dialects():
     assert {task_kind(n, t) for n, t, _ in DEFAULT_CASES} == {task_kind(n, t) for n, t, _ in CASES}
-    assert {EXAMPLES[n][0] for n, _, _ in DEFAULT_CASES} == {"sqlite", "postgresql"}
+    assert {EXAMPLES[n][0] for n, _, _ in DEFAULT_CASES} == {"sqlite", "postgresql", "mariadb"}
     assert len(DEFAULT_CASES) < len(CASES) / 2
 
 
@@ -103,7 +104,8 @@ def test_the_default_cases_cover_every_task_kind_on_both_dialects():
 def test_fault_rolls_back_to_the_state_before_the_run(example, task, map_index, request, run_plan, fingerprint,
                                                       backups):
     dialect, path = EXAMPLES[example]
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
+    db = request.getfixturevalue({"postgresql": "pg_database", "mariadb": "mariadb_database"}.get(dialect,
+                                                                                                   "sqlite_database"))
     seed(db)
     plan = yaml.safe_load(path.read_text())
     plan["id"] = f"fault_{next(_ids)}"
