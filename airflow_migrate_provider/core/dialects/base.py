@@ -194,6 +194,16 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
     def _lock_tables(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
         raise self.unsupported("locking tables against writes")
 
+    def presence_lock(self, engine: Engine, name: str) -> AbstractContextManager[bool]:
+        """While the block runs, hold a lock that the database itself releases when this session ends (a dead
+        worker's included), named ``name``; yields whether this session got it (another one may hold it).
+        Where the database has no such lock: yields False and holds nothing."""
+        return nullcontext(False)
+
+    def presence_held(self, engine: Engine, name: str) -> bool | None:
+        """Whether some live session holds the presence lock ``name`` (None: this database cannot tell)."""
+        return None
+
     def snapshot_reader(self, bind: Engine | Connection) -> AbstractContextManager[Connection]:
         """A read-only transaction whose reads all see the database as it was when the block was entered, even
         while other sessions write; rolled back when the block ends. ``bind``: an engine (a connection is opened
@@ -251,6 +261,13 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
         """A summable 64-bit hash of one row: ``fields`` (from column_hash_sql) and which of ``null_exprs`` are
         NULL; ``version`` is the server's. None when this database does not hash rows in SQL."""
         return None
+
+    def segment_bucket(self, key: str, lo: str, width: str, wide: bool) -> str:
+        """SQL numbering the segment of an integer ``key``: ``floor((key - lo) / width)`` (``lo``, ``width``: bound
+        parameters); ``wide``: the keys span 2^62 or more, so ``key - lo`` could overflow a bigint."""
+        if wide:
+            return f"floor((({key})::numeric - {lo}) / {width})"
+        return f"(({key}) - {lo}) / {width}"
 
     def result_category(self, info: TypeInfo) -> str | None:
         """The coarse category (integer, number, text, datetime, bool, json, binary, other) of a result type."""

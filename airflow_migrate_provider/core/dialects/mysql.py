@@ -16,9 +16,15 @@ from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.interfaces import Dialect as SADialect
 
-from airflow_migrate_provider.core.dialects import mysql_catalog, mysql_copy, mysql_restore, mysql_resume
+from airflow_migrate_provider.core.dialects import (
+    mysql_catalog,
+    mysql_copy,
+    mysql_hashing,
+    mysql_restore,
+    mysql_resume,
+)
 from airflow_migrate_provider.core.dialects.base import Dialect
-from airflow_migrate_provider.core.dialects.types import RawForeignKey, ResumeHazard, TableDefinition
+from airflow_migrate_provider.core.dialects.types import RawForeignKey, ResumeHazard, TableDefinition, TypeInfo
 
 _PREPARED = "_airflow_migrate_prepared"
 # lock wait timeout, deadlock, too many connections, server shutdown, can't connect, gone away, lost connection,
@@ -27,6 +33,13 @@ TRANSIENT_CODES = frozenset({1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 192
 SESSION = "SET SESSION time_zone = '+00:00'"
 DRIVER_EXTRAS = ("charset", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity",
                  "connect_timeout", "read_timeout", "write_timeout", "unix_socket")
+
+
+def _lock_name(name: str) -> str:
+    """GET_LOCK names are server-wide and at most 64 characters."""
+    import hashlib
+
+    return "airflow_migrate:" + hashlib.sha1(name.encode()).hexdigest()
 
 
 class MysqlDialect(Dialect):
@@ -103,6 +116,24 @@ class MysqlDialect(Dialect):
         # block writes too, but it ends the transaction and confines the session to the tables it names.
         for table in quoted_tables:
             conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} LOCK IN SHARE MODE")
+
+    @contextmanager
+    def presence_lock(self, engine: Engine, name: str) -> Iterator[bool]:
+        # GET_LOCK belongs to the session: the server frees it when the session ends, however the worker died
+        with engine.connect() as conn:
+            named = {"n": _lock_name(name)}
+            got = conn.exec_driver_sql(f"SELECT GET_LOCK({self.param('n')}, 0)", named).scalar() == 1
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK({self.param('n')})", named)
+
+    def presence_held(self, engine: Engine, name: str) -> bool | None:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(f"SELECT IS_USED_LOCK({self.param('n')})",
+                                        {"n": _lock_name(name)}).scalar() is not None
 
     @contextmanager
     def snapshot_reader(self, bind: Engine | Connection) -> Iterator[Connection]:
@@ -229,6 +260,34 @@ class MysqlDialect(Dialect):
             params[f"{prefix}{i}"] = value
             names.append(self.param(f"{prefix}{i}"))
         return mysql_copy.expand_row_comparison(exprs, op, names)
+
+    # -- hashing -------------------------------------------------------------------------------------
+    # verification: values hashed per key segment in SQL (mysql_hashing), and what result types mean
+    def stable_session(self, conn: Connection, planner_hints: bool = False) -> None:
+        conn.exec_driver_sql(mysql_hashing.SESSION)  # TIMESTAMP values in UTC, also on an unprepared engine
+
+    def describe_type_codes(self, conn: Connection, codes: list[Any]) -> dict[int, TypeInfo]:
+        return mysql_hashing.describe_type_codes(codes)
+
+    def result_category(self, info: TypeInfo) -> str | None:
+        return mysql_hashing.result_category(info)
+
+    def declared_types(self, engine: Engine, table: str) -> dict[str, str]:
+        return mysql_hashing.declared_types(engine, table)
+
+    def column_hash_sql(self, exprs: tuple[str, str], typnames: tuple[str | None, str | None], rule: Any,
+                        params: dict[str, Any], prefix: str) -> tuple[str, str] | None:
+        return mysql_hashing.column_hash_sql(exprs, typnames, rule, params, prefix)
+
+    def segment_hash_sql(self, fields: list[str], null_exprs: list[str],
+                         version: tuple[int, ...] | None) -> str | None:
+        return mysql_hashing.segment_hash_sql(fields)
+
+    def segment_bucket(self, key: str, lo: str, width: str, wide: bool) -> str:
+        return mysql_hashing.segment_bucket(key, lo, width, wide)
+
+    def table_hash(self, conn: Connection, relation: str, quoted_columns: str) -> tuple[int, int, int] | None:
+        return mysql_hashing.table_hash(conn, relation, quoted_columns)
 
     # -- async ---------------------------------------------------------------------------------------
     def async_url(self, host: str | None, port: int | None, login: str | None, password: str | None,

@@ -9,15 +9,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import inspect
 
-from airflow_migrate_provider.core.backfill.spec import category_of_sa_type
 from airflow_migrate_provider.core.verify.base import (
     ColumnRule,
     Difference,
     Side,
     VerifySpecError,  # raised here for input that does not fit the tables (re-exported)
 )
+from airflow_migrate_provider.core.verify.structure import describe_columns
 from airflow_migrate_provider.errors import db_error_line
 
 FANOUT = 64  # at most this many parts per differing range and drill-down level
@@ -40,7 +39,9 @@ class Column:
 
     @property
     def kind(self) -> str | None:
-        return self.categories[1] or self.categories[0]
+        """How values are read: a boolean or JSON side decides (PostgreSQL bool vs MySQL tinyint(1), jsonb vs
+        MariaDB's JSON text); otherwise the target's category."""
+        return next((c for c in ("bool", "json") if c in self.categories), self.categories[1] or self.categories[0])
 
 
 @dataclass
@@ -158,13 +159,11 @@ def _where(side: Side) -> str:
 
 def _available(side: Side) -> dict[str, str | None]:
     """Column name → category (None: not known before reading) of a table or query."""
-    if side.table is not None:
-        schema, _, table = side.table.rpartition(".")
-        try:
-            return {c["name"]: category_of_sa_type(c["type"])
-                    for c in inspect(side.engine).get_columns(table, schema=schema or None)}
-        except sa_exc.NoSuchTableError:
-            raise VerifySpecError(f"{side.label}.table: table '{side.table}' does not exist") from None
+    if side.table is not None:  # as the schemas check describes them (declared types first)
+        described = describe_columns(side.engine, side.table)
+        if described is None:
+            raise VerifySpecError(f"{side.label}.table: table '{side.table}' does not exist")
+        return {c.name: c.category for c in described}
     try:
         return {n: t[0] for n, t in _probe(side, "*").items()}
     except sa_exc.SQLAlchemyError as exc:

@@ -71,9 +71,9 @@ class Segments:
     def sql_bucket(self, job: Job, i: int, params: dict[str, Any]) -> str:
         if self.bounds is None:
             params.update(seg_lo=self.lo, seg_w=self.width)
-            if self.hi - self.lo < 2**62:
-                return f"(({job.key_sql(i)[0]}) - %(seg_lo)s) / %(seg_w)s"
-            return f"floor((({job.key_sql(i)[0]})::numeric - %(seg_lo)s) / %(seg_w)s)"  # bigint would overflow
+            dialect = job.sides[i].dialect
+            return dialect.segment_bucket(job.key_sql(i)[0], dialect.param("seg_lo"), dialect.param("seg_w"),
+                                          wide=self.hi - self.lo >= 2**62)
         return _bucket_case(job, i, self.bounds, params, "b")
 
 

@@ -16,14 +16,15 @@ _TYPE_NAMES = {
     "numeric": "numeric", "decimal": "numeric",
     "real": "real", "float4": "real", "double precision": "double", "double": "double", "float8": "double",
     "varchar": "text", "character varying": "text", "nvarchar": "text", "varying character": "text",
-    "text": "text", "clob": "text", "string": "text",
+    "text": "text", "clob": "text", "string": "text", "tinytext": "text", "mediumtext": "text", "longtext": "text",
     "char": "char", "character": "char", "nchar": "char", "bpchar": "char", "native character": "char",
     "timestamp": "timestamp", "timestamp without time zone": "timestamp", "datetime": "timestamp",
     "timestamptz": "timestamp with time zone", "timestamp with time zone": "timestamp with time zone",
     "date": "date", "time": "time", "time without time zone": "time",
     "timetz": "time with time zone", "time with time zone": "time with time zone", "interval": "interval",
     "bool": "boolean", "boolean": "boolean", "json": "json", "jsonb": "json", "uuid": "uuid",
-    "bytea": "binary", "blob": "binary", "binary": "binary", "varbinary": "binary",
+    "bytea": "binary", "blob": "binary", "binary": "binary", "varbinary": "binary", "tinyblob": "binary",
+    "mediumblob": "binary", "longblob": "binary",
 }
 _KEEP_ARGS = {"numeric", "text", "char", "timestamp", "timestamp with time zone", "time", "time with time zone"}
 _CATEGORIES = {
