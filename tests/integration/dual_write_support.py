@@ -56,13 +56,29 @@ LAYOUTS = {
                              ":theme, 'notifications', json(CASE WHEN :n THEN 'true' ELSE 'false' END)))",
                    "update": "UPDATE {t} SET preferences = json_object('theme', :theme, 'notifications', "
                              "json(CASE WHEN :n THEN 'true' ELSE 'false' END)) WHERE id = :k"},
+    "new_mariadb": {"key": "user_id",
+                    "insert": "INSERT INTO {t} (user_id, email, preferences) VALUES (:k, :email, "
+                              "JSON_OBJECT('theme', :theme, 'notifications', :n))",
+                    "update": "UPDATE {t} SET preferences = JSON_OBJECT('theme', :theme, 'notifications', :n) "
+                              "WHERE user_id = :k"},
 }
+# MariaDB: the old table's BOOLEAN is TINYINT(1), so the JSON holds 1/0
+MARIADB_PREFERENCES = "JSON_OBJECT('theme', theme, 'notifications', notifications)"
+MARIADB_NOTIFICATIONS = "JSON_VALUE(preferences, '$.notifications') IN ('true', '1')"
 STATE_SQL = {
     "old": "SELECT id, email, theme, notifications FROM {t}",
     "new_pg": "SELECT user_id, email, preferences->>'theme', (preferences->>'notifications')::boolean FROM {t}",
     "new_sqlite": "SELECT id, email, json_extract(preferences, '$.theme'), json_extract(preferences, "
                   "'$.notifications') FROM {t}",
+    "new_mariadb": f"SELECT user_id, email, JSON_VALUE(preferences, '$.theme'), {MARIADB_NOTIFICATIONS} FROM {{t}}",
 }
+
+
+def create_mariadb_preferences(engine: Engine) -> None:
+    """The new layout on MariaDB: one JSON column instead of theme and notifications."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE user_preferences (user_id INTEGER PRIMARY KEY, email VARCHAR(120) "
+                             "NOT NULL UNIQUE, preferences JSON NOT NULL)")
 
 
 def seeded_model(rows: int = SEED_ROWS) -> dict[int, tuple[Any, ...]]:

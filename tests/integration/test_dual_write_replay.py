@@ -20,7 +20,15 @@ from airflow_migrate_provider.core.ledger import Ledger
 from airflow_migrate_provider.core.rollback import rollback_run
 from airflow_migrate_provider.core.steps import StepRunner
 from airflow_migrate_provider.errors import CaptureError
-from tests.integration.dual_write_support import Writers, assert_same, create_same_layout, prepared_engine, seed_users
+from tests.integration.dual_write_support import (
+    MARIADB_PREFERENCES,
+    Writers,
+    assert_same,
+    create_mariadb_preferences,
+    create_same_layout,
+    prepared_engine,
+    seed_users,
+)
 from tests.integration.migrate_it_support import make_plan, who
 
 STEP = """
@@ -51,8 +59,41 @@ class Setup:
 
 
 
-@pytest.fixture(params=["pg_to_pg", "pg_same_db_new_layout", "sqlite_new_layout"])
+def _mariadb_same_db(factory) -> Iterator[Setup]:
+    with factory() as db:
+        engine = prepared_engine(db.sqlalchemy_url)
+        seed_users(engine)
+        create_mariadb_preferences(engine)
+        yield Setup("mariadb_same_db_new_layout", engine, engine, db.sqlalchemy_url,
+                    STEP.format(target="user_preferences", key="user_id",
+                                columns=f'{{user_id: id, preferences: "{MARIADB_PREFERENCES}"}}'),
+                    f"SELECT id, email, {MARIADB_PREFERENCES} FROM users",
+                    "SELECT user_id, email, preferences FROM user_preferences")
+        engine.dispose()
+
+
+def _mariadb_to_pg(mariadb_factory, pg_factory) -> Iterator[Setup]:
+    with mariadb_factory() as src_db, pg_factory() as tgt_db:
+        source, target = prepared_engine(src_db.sqlalchemy_url), prepared_engine(tgt_db.sqlalchemy_url)
+        seed_users(source)
+        create_same_layout(target)
+        yield Setup("mariadb_to_pg", source, target, src_db.sqlalchemy_url,
+                    STEP.format(target="users_v2", key="id", columns="{}"),
+                    "SELECT id, email, theme, notifications FROM users",
+                    "SELECT id, email, theme, notifications FROM users_v2")
+        source.dispose()
+        target.dispose()
+
+
+@pytest.fixture(params=["pg_to_pg", "pg_same_db_new_layout", "sqlite_new_layout", "mariadb_same_db_new_layout",
+                        "mariadb_to_pg"])
 def setup(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Setup]:
+    if request.param == "mariadb_same_db_new_layout":
+        yield from _mariadb_same_db(request.getfixturevalue("mariadb_database_factory"))
+        return
+    if request.param == "mariadb_to_pg":
+        yield from _mariadb_to_pg(request.getfixturevalue("mariadb_database_factory"), pg_database_factory)
+        return
     if request.param == "pg_to_pg":
         with pg_database_factory() as src_db, pg_database_factory() as tgt_db:
             source, target = prepared_engine(src_db.sqlalchemy_url), prepared_engine(tgt_db.sqlalchemy_url)
@@ -140,7 +181,8 @@ def test_dual_write_with_live_writers_converges_and_rolls_back(setup: Setup) -> 
         assert conn.exec_driver_sql(f"SELECT count(*) FROM {step.target}").scalar() == 0
     with setup.source.begin() as conn:  # writes to the old table are no longer captured
         conn.exec_driver_sql("INSERT INTO users (id, email, theme, notifications) VALUES (5, 'x@example.com', "
-                             "'dark', TRUE) ON CONFLICT (id) DO NOTHING")
+                             "'dark', TRUE)" + dialect_for(setup.source).upsert_clause(["id"], []))
+    assert not inspect(setup.source).has_table(names.change_table)
 
 
 def test_capture_refuses_a_table_without_primary_key(pg_database_factory) -> None:
@@ -169,3 +211,21 @@ def test_capture_refuses_a_change_table_left_by_another_run(setup: Setup) -> Non
     other, _ = _context(setup, run_id="r2")
     with pytest.raises(CaptureError, match=r"already exists.*created by dag 'd' run 'r1'"):
         kind.capture(other, step)
+
+
+def test_mariadb_capture_refuses_truncate_which_no_trigger_sees(mariadb_database_factory) -> None:
+    """MariaDB fires no trigger on TRUNCATE: a foreign key from an empty table makes InnoDB refuse it."""
+    with mariadb_database_factory() as db:
+        engine = prepared_engine(db.sqlalchemy_url)
+        seed_users(engine, rows=10)
+        create_same_layout(engine)
+        ctx, step = _context(Setup("trunc", engine, engine, db.sqlalchemy_url,
+                                   STEP.format(target="users_v2", key="id", columns="{}"), "", ""))
+        kind_named("dual_write").capture(ctx, step)
+        with pytest.raises(Exception, match="dual_write_capture_refuses_truncate"), engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE TABLE users")
+        rollback_run(ctx.ledger, StepRunner.of(ctx), ctx.who)
+        with engine.begin() as conn:  # capture dropped: TRUNCATE works again
+            conn.exec_driver_sql("TRUNCATE TABLE users")
+        assert [t for t in inspect(engine).get_table_names() if t.startswith("am_")] == []
+        engine.dispose()

@@ -149,6 +149,12 @@ class Cutover:
                 f"`reverse_columns` for the old columns the transform changes") from exc
 
     @property
+    def atomic_switch(self) -> bool:
+        """The switch commits with the lock's transaction (a view or rename where DDL is transactional); else it
+        is marked 'maybe switched' before it is sent, and a rollback switches back."""
+        return self.step.switch_reads.in_database and dialect_for(self.old_engine).transactional_ddl
+
+    @property
     def shared(self) -> bool:
         """Old and new table in one single-writer database: one connection does everything."""
         return self.forward.spec.same_database and self.forward.spec.tgt.single_writer
@@ -298,13 +304,16 @@ class Cutover:
         with self.new_engine.begin() as conn:
             self.new_sql.drop(conn, reverse)  # a half-done earlier try of this same apply
             self.new_sql.install(conn, reverse)
+        if self.step.disable_old_writes.read_only:
+            with self.old_engine.begin() as conn:  # off until the lock switches it on
+                self.old_sql.prepare_guard(conn, self.names)
         report = SwitchReport()
         try:
-            if not self.step.switch_reads.in_database:  # durable before the call: a rollback then switches back
+            if not self.atomic_switch:  # durable before the call: a rollback then switches back
                 self.ctx.ledger.record_progress(row_id, MAYBE_SWITCHED)
             self._switch_under_lock(spec, recorded, row_id, report)
         except BaseException as exc:
-            if not report.switch_sent and not self.step.switch_reads.in_database:
+            if not report.switch_sent and not self.atomic_switch:
                 self.ctx.ledger.record_progress(row_id, 0)  # it failed before the call: nothing to switch back
             self._abandon(row_id, started, reverse, exc)
             raise
@@ -330,7 +339,7 @@ class Cutover:
                  CountSide("new table", self.new_engine, dialect_for(self.new_engine),
                            self._count(self.new_engine, lambda: names["now"].new, None)))
         lock_dialect = dialect_for(self.old_engine)
-        in_database = self.step.switch_reads.in_database
+        in_database, atomic = self.step.switch_reads.in_database, self.atomic_switch
 
         def could_not_lock(exc: Exception) -> BaseException:
             return TransientCutoverFailed(f"{self.where}: could not lock {self.dw.source.table} against writes within "
@@ -361,14 +370,17 @@ class Cutover:
                         f"max_lock_seconds")
                 if self.step.disable_old_writes.read_only:  # a write that waited for the lock fails, not lost
                     self.old_sql.guard_writes(lconn, self.names.on(names["now"].old), True)
-                if in_database:
+                if atomic:
                     switching.switch(recorded, lconn, self.old_sql, self.variables)
                     self.ctx.ledger.record_progress(row_id, SWITCHED, conn=lconn)  # one database: atomic with it
                 else:
+                    # where DDL is not transactional, a view or rename commits the lock's transaction (the guard
+                    # with it: a write that waited is refused) and then switches in one statement
                     report.switch_sent = True
-                    switching.switch(recorded, None, None, self.variables)
+                    switching.switch(recorded, lconn if in_database else None, self.old_sql if in_database else None,
+                                     self.variables)
                 report.lock_seconds = time.monotonic() - t0
-            if not in_database:
+            if not atomic:
                 self.ctx.ledger.record_progress(row_id, SWITCHED)
             names["now"] = switching.names_after(recorded, True)
             report.old_rows, report.new_rows = counts.finish()
@@ -393,6 +405,8 @@ class Cutover:
         try:
             with self.new_engine.begin() as conn:
                 self.new_sql.drop(conn, reverse)
+            with self.old_engine.begin() as conn:  # prepared for the lock (off), or rolled back with it
+                self.old_sql.guard_writes(conn, self.names, False)
         except sa_exc.SQLAlchemyError as drop_exc:
             log.error("%s: could not drop the reverse capture %s: %s", self.where, reverse.change_table, drop_exc)
         self.ctx.ledger.finish(row_id, "failed", started_at=started, error=str(exc).splitlines()[0][:500])
@@ -494,6 +508,8 @@ def revert_cutover(ctx: RunContext, applied: HistoryRow, variables: Any = None) 
         replayer.spec  # noqa: B018 - resolved before the lock
         shared = replayer.spec.same_database and replayer.spec.tgt.single_writer
         lock_dialect = dialect_for(new_engine)
+        with new_engine.begin() as conn:  # off until the lock below switches it on
+            new_sql.prepare_guard(conn, reverse_guard)
         with lock_dialect.write_lock(new_engine, [now.new], 60.0) as lconn:
             totals = replayer.drain(reverse_step.batch.rows, within=lconn if shared else None)
             notes.append(f"replayed {totals.changes:,} write(s) made on the new side back into {now.old}")

@@ -100,12 +100,7 @@ def switch(recorded: dict[str, Any], conn: Connection | None, sql: CaptureSql | 
     elif how == "rename":
         assert conn is not None and sql is not None
         old, new, gone = recorded["old_table"], recorded["new_table"], recorded["old_table_becomes"]
-        if back:
-            sql.rename_table(conn, old, new)
-            sql.rename_table(conn, gone, old)
-        else:
-            sql.rename_table(conn, old, gone)
-            sql.rename_table(conn, new, old)
+        sql.rename_tables(conn, [(old, new), (gone, old)] if back else [(old, gone), (new, old)])
     elif how == "variable":
         assert variables is not None
         value = recorded["previous"] if back else recorded["value"]

@@ -19,4 +19,8 @@ def capture_sql(dialect: Dialect) -> CaptureSql:
         from airflow_migrate_provider.core.dialects.sqlite_capture import SqliteCaptureSql
 
         return SqliteCaptureSql(dialect)
+    if dialect.name == "mysql":
+        from airflow_migrate_provider.core.dialects.mysql_capture import MysqlCaptureSql
+
+        return MysqlCaptureSql(dialect)
     raise UnsupportedDatabase(f"change capture (dual_write) is not supported on {dialect.label} databases")

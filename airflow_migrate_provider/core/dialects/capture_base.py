@@ -94,6 +94,12 @@ class CaptureSql(ABC):
     def guard_writes(self, conn: Connection, names: CaptureNames, on: bool, message: str | None = None) -> None:
         """Make the table refuse writes (a trigger that raises ``message``), or lift that."""
 
+    def prepare_guard(self, conn: Connection, names: CaptureNames) -> None:
+        """Make a later ``guard_writes(conn, names, True)`` a change that commits with its connection's transaction
+        (the lock's), where creating a trigger would end that transaction: call it before taking the lock. The
+        guard stays off until then. Nothing to do where DDL is transactional."""
+        return None
+
     @staticmethod
     def guard_message(names: CaptureNames, message: str | None) -> str:
         text = message or (f"{names.table} is read-only: the application was switched to the new table by a "
@@ -113,6 +119,12 @@ class CaptureSql(ABC):
 
     def rename_table(self, conn: Connection, table: str, new_name: str) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {self.d.ident(table)} RENAME TO {self.d.ident(new_name.split('.')[-1])}")
+
+    def rename_tables(self, conn: Connection, pairs: list[tuple[str, str]]) -> None:
+        """Rename ``(table, new_name)`` pairs in order, at once for the application (in ``conn``'s transaction, or
+        in one statement where DDL is not transactional)."""
+        for table, new_name in pairs:
+            self.rename_table(conn, table, new_name)
 
     def revoke_writes(self, conn: Connection, table: str, roles: list[str], grant_back: bool) -> None:
         raise self.d.unsupported("revoking writes from roles")

@@ -248,10 +248,12 @@ class DualWriteKind(StepKind[DualWriteStep]):
             reverse = CaptureNames.of(ctx.plan_id, applied.step_id, "reverse", table, _key_of(applied))
             with ctx.engine.begin() as conn:
                 new_side = capture_sql(dialect_for(ctx.engine))  # a cutover that died before it recorded a switch
-                new_side.guard_writes(conn, reverse, False)
                 new_side.drop(conn, reverse)
                 deleted = _empty(conn, table)
                 Checkpoints(ctx.plan_id, applied.step_id).clear(conn)
+                # last: where DDL is not transactional, lifting the guard commits the delete first, so no write
+                # lands in the new table between the two
+                new_side.guard_writes(conn, reverse, False)
                 notes = [f"dropped the capture on {capture.table} ({capture.change_table})",
                          f"deleted the {deleted:,} rows copied into '{table}'" if deleted is not None else
                          f"table '{table}' no longer exists; nothing to delete"]
