@@ -1,4 +1,5 @@
-"""The final sync's row counts are taken as of its write lock, but counted after releasing it (PostgreSQL).
+"""The final sync's row counts are taken as of its write lock, but counted after releasing it (PostgreSQL, and
+MariaDB: a consistent snapshot started under its share-mode row locks).
 
 A spy around the source dialect starts another session's write as soon as the lock is granted (it waits on
 the lock), and once the lock is released waits until that write has committed, before the final sync goes on
@@ -18,8 +19,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from backfill_it_support import count, open_pair, run_sql
+from backfill_it_support import count, is_mysql, open_pair, run_sql, server_urls
 from backfill_resume_worker import STEP_ID, backfill_runner, plan_doc
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from airflow_migrate_provider.core.backfill.lock_counts import AT_SNAPSHOT
@@ -42,6 +44,19 @@ AFTER_LOCK = {
     "delete": "DELETE FROM orders WHERE id <= 7",
 }
 AFTER_LOCK_CHANGE = {"insert": 50, "delete": -7}
+MARIADB = {
+    "ddl": "CREATE TABLE {table} (id bigint PRIMARY KEY, note text, updated_at datetime(6) NOT NULL)",
+    "fill": "INSERT INTO orders SELECT seq, CONCAT('order ', seq), "
+            "TIMESTAMP'2020-01-01 00:00:00' + INTERVAL seq MINUTE FROM seq_1_to_{rows}",
+    "delta": ("UPDATE orders SET note = CONCAT(note, ' (changed)'), updated_at = UTC_TIMESTAMP(6) WHERE id % 500 = 0",
+              f"INSERT INTO orders SELECT seq, CONCAT('late ', seq), UTC_TIMESTAMP(6) "
+              f"FROM seq_{ROWS + 1}_to_{ROWS + 20}"),
+    "insert": f"INSERT INTO orders SELECT seq, 'after the lock', UTC_TIMESTAMP(6) "
+              f"FROM seq_{ROWS + 101}_to_{ROWS + 150}",
+    "delete": "DELETE FROM orders WHERE id <= 7",
+    # the other session's statement still running (waiting on the lock) a while after it was sent
+    "blocked": "SELECT count(*) FROM information_schema.processlist WHERE info = %(sql)s AND time_ms > 50",
+}
 
 
 def libpq(url: str) -> str:
@@ -85,12 +100,21 @@ class WriteAfterLock:
 
     def _write(self) -> None:
         try:
+            if self.source_url.startswith("mysql"):
+                engine = create_engine(self.source_url, isolation_level="AUTOCOMMIT")
+                with engine.connect() as conn:
+                    conn.exec_driver_sql(self.sql)
+                engine.dispose()
+                return
             with psycopg.connect(libpq(self.source_url), autocommit=True) as conn:
                 conn.execute(self.sql)
         except BaseException as exc:
             self.errors.append(exc)
 
     def _wait_until_blocked(self) -> None:
+        if self.source_url.startswith("mysql"):
+            self._wait_until_blocked_mariadb()
+            return
         with psycopg.connect(libpq(self.source_url), autocommit=True) as conn:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -101,27 +125,50 @@ class WriteAfterLock:
                 time.sleep(0.01)
         raise AssertionError("the other session's write never waited on the final sync's lock")
 
+    def _wait_until_blocked_mariadb(self) -> None:
+        engine = create_engine(self.source_url)
+        try:
+            with engine.connect() as conn:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if conn.exec_driver_sql(MARIADB["blocked"], {"sql": self.sql}).scalar():
+                        return
+                    conn.rollback()
+                    time.sleep(0.01)
+        finally:
+            engine.dispose()
+        raise AssertionError(f"the other session's write never waited on the final sync's lock {self.errors}")
 
-@pytest.fixture(params=["pg-pg", "pg-same"])
-def after_phase_2(request, pg_urls, tmp_path) -> Iterator[tuple[Any, BackfillRunner]]:
-    """Source ``orders`` (5,000 rows) copied through phases 1 and 2 into ``orders_v2``, then 30 rows changed
-    for the final sync."""
-    with open_pair(request.param, pg_urls, tmp_path) as pair:
+
+def _fill(pair: Any) -> None:
+    if is_mysql(pair.src_dialect):
+        run_sql(pair.source, MARIADB["ddl"].format(table="orders"), MARIADB["fill"].format(rows=ROWS))
+        run_sql(pair.target, MARIADB["ddl"].format(table="orders_v2"))
+    else:
         run_sql(pair.source, TABLE_DDL.format(table="orders"), FILL.format(rows=ROWS), "ANALYZE orders")
         run_sql(pair.target, TABLE_DDL.format(table="orders_v2"))
+
+
+@pytest.fixture(params=["pg-pg", "pg-same", "mariadb-mariadb", "mariadb-same"])
+def after_phase_2(request, tmp_path) -> Iterator[tuple[Any, BackfillRunner]]:
+    """Source ``orders`` (5,000 rows) copied through phases 1 and 2 into ``orders_v2``, then 30 rows changed
+    for the final sync."""
+    with open_pair(request.param, tmp_path=tmp_path, **server_urls(request, request.param)) as pair:
+        _fill(pair)
         bf = backfill_runner(pair.source, pair.target, Plan.model_validate(plan_doc("lockcount", "orders",
                                                                                   "orders_v2")), "run1")
         for info in bf.start():
             bf.copy_chunk(info["chunk"])
         bf.copy_recent()
-        run_sql(pair.source, *DELTA)
+        run_sql(pair.source, *(MARIADB["delta"] if is_mysql(pair.src_dialect) else DELTA))
         yield pair, bf
 
 
 @pytest.mark.parametrize("write", ["insert", "delete"])
 def test_a_write_right_after_the_lock_is_not_counted(after_phase_2, write):
     pair, bf = after_phase_2
-    spy = WriteAfterLock(bf.source_dialect, pair.source.url.render_as_string(hide_password=False), AFTER_LOCK[write])
+    sql = MARIADB[write] if is_mysql(pair.src_dialect) else AFTER_LOCK[write]
+    spy = WriteAfterLock(bf.source_dialect, pair.source.url.render_as_string(hide_password=False), sql)
     bf.source_dialect = spy
 
     report = bf.final_sync()
