@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -37,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.actions import ActionPlan
-from airflow_migrate_provider.core.dialects import precise_timestamp
+from airflow_migrate_provider.core.dialects import dialect_of, precise_timestamp
 from airflow_migrate_provider.errors import LockHeld, LockLost
 
 log = logging.getLogger(__name__)
@@ -316,6 +317,10 @@ class Ledger:
             expired = as_utc(held["expires_at"]) <= now
             if not (same_run or expired):
                 raise LockHeld(self.plan_id, held["holder"], as_utc(held["expires_at"]).isoformat())
+            if not same_run and self.holder_present():
+                raise LockHeld(self.plan_id, f"{held['holder']} (its lock expired at "
+                                             f"{as_utc(held['expires_at']).isoformat()}, but a task of that run is "
+                                             f"still connected to the database)", "that task ends")
             if not same_run:
                 values["acquired_at"] = now
             with self.engine.begin() as conn:
@@ -330,6 +335,20 @@ class Ledger:
                             self.plan_id, held["holder"], as_utc(held["expires_at"]).isoformat())
                 return Lease(self.plan_id, owner, token, expires, took_over_from=held["holder"])
         raise LockHeld(self.plan_id, "another run (the lock changed hands repeatedly)", "unknown")
+
+    def presence(self) -> AbstractContextManager[bool]:
+        """While a task of the lock's holder works: a lock the database frees when the task's session ends (MySQL's
+        GET_LOCK), so an expired lock is not taken over from a run that is still alive. Yields whether this
+        task holds it (a no-op where the database has no such lock)."""
+        return dialect_of(self.engine).presence_lock(self.engine, self._presence_name)
+
+    def holder_present(self) -> bool:
+        """True when a task of the lock's holder is known to be connected (False when gone or unknowable)."""
+        return bool(dialect_of(self.engine).presence_held(self.engine, self._presence_name))
+
+    @property
+    def _presence_name(self) -> str:
+        return f"{self.engine.url.database}/{self.plan_id}"
 
     def renew_lock(self, lease: Lease, ttl_seconds: int) -> Lease:
         """Push the lease's expiry forward; LockLost if someone else took the lock meanwhile."""

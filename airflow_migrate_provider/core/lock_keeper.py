@@ -27,6 +27,8 @@ class LockKeeper:
         self._thread = threading.Thread(target=self._renew_loop, name="migrate-lock-keeper", daemon=True)
 
     def __enter__(self) -> LockKeeper:
+        self._presence = self.ledger.presence()
+        self._presence.__enter__()
         self._thread.start()
         return self
 
@@ -34,6 +36,7 @@ class LockKeeper:
                  tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
+        self._presence.__exit__(exc_type, exc, tb)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.interval):

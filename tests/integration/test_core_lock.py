@@ -1,4 +1,4 @@
-"""The run lock against real SQLite and PostgreSQL: races (threads, processes), takeover, renewal."""
+"""The run lock against real SQLite, PostgreSQL and MariaDB: races (threads, processes), takeover, renewal."""
 
 from __future__ import annotations
 
@@ -193,3 +193,57 @@ def test_step_stops_when_keeper_lost_the_lock(engine):
     (row,) = ledger.rows()
     assert row.status == "failed" and "taken by another run" in row.error
     assert ledger.applied() == {}
+
+
+def _hold_lock_in_child(url: str, plan_id: str, ready: multiprocessing.Event) -> None:
+    """A run's task: takes the lock with a 1 s TTL, keeps its presence lock, never renews (then hangs)."""
+    from sqlalchemy import create_engine
+
+    from airflow_migrate_provider.core.dialects import dialect_for
+
+    engine = create_engine(url)
+    dialect_for(engine)
+    ledger = Ledger(engine, plan_id)
+    ledger.ensure()
+    ledger.acquire_lock(who("alive_run"), 1)
+    with ledger.presence() as held:
+        assert held
+        ready.set()
+        time.sleep(600)
+
+
+@pytest.mark.parametrize("database", ["mariadb"], indirect=True)
+def test_mariadb_expired_lock_of_a_live_task_is_not_taken_over_until_its_session_ends(engine, database):
+    """On MariaDB a task holding the lock also holds GET_LOCK on its own session: an expired lock whose holder is
+    still connected (alive, but not renewing: a stalled renewal, a long pause) is refused; once its process dies
+    (kill -9: the server ends its session) the lock is taken over at once."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_hold_lock_in_child, args=(database.sqlalchemy_url, "presence_plan", ready))
+    child.start()
+    try:
+        assert ready.wait(60), "the child never took the lock"
+        time.sleep(1.2)  # its lease has expired
+        ledger = Ledger(engine, "presence_plan")
+        assert ledger.holder_present() is True
+        with pytest.raises(LockHeld, match="still connected to the database"):
+            ledger.acquire_lock(who("next_run"), 60)
+    finally:
+        child.kill()
+        child.join(30)
+    deadline = time.monotonic() + 10
+    while ledger.holder_present() and time.monotonic() < deadline:  # the server notices the closed socket
+        time.sleep(0.1)
+    lease = ledger.acquire_lock(who("next_run"), 60)
+    assert lease.took_over_from is not None and "alive_run" in lease.took_over_from
+
+
+@pytest.mark.parametrize("database", ["mariadb"], indirect=True)
+def test_mariadb_lock_keeper_holds_presence_and_releases_it(engine):
+    ledger = Ledger(engine, "keeper_plan")
+    ledger.ensure()
+    lease = ledger.acquire_lock(who("r1"), 60)
+    assert ledger.holder_present() is False
+    with LockKeeper(ledger, lease, 60):
+        assert ledger.holder_present() is True
+    assert ledger.holder_present() is False

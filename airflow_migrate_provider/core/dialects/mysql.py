@@ -159,8 +159,9 @@ class MysqlDialect(Dialect):
         return " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in others)
 
     def bytewise(self, expr: str, typname: str | None, category: str | None) -> str:
-        # code point order, like Python's str (and PostgreSQL's COLLATE "C"), whatever the column's collation
-        return f"CONVERT({expr} USING utf8mb4) COLLATE utf8mb4_bin" if category == "text" else expr
+        # code point order, like Python's str (and PostgreSQL's COLLATE "C"), whatever the column's collation; as
+        # bytes, because utf8mb4_bin pads with spaces ('a' = 'a ') while Python's order does not
+        return f"CAST(CONVERT({expr} USING utf8mb4) AS BINARY)" if category == "text" else expr
 
     def write_value(self, value: Any) -> Any:
         if isinstance(value, datetime) and value.tzinfo is not None:
