@@ -106,3 +106,40 @@ def test_long_throttle_pause_defers_then_resumes(pg_database, legacy_pg, run_pla
     assert "throttle cleared" in output and "resuming from the last checkpoint" in output
     assert query(legacy_pg.sqlalchemy_url, "SELECT last_value >= 6 FROM lag_reads") == [(True,)]
     assert users_digest(pg_database.sqlalchemy_url, "users_v2") == users_digest(legacy_pg.sqlalchemy_url, "users")
+
+
+MARIADB_USERS_V2 = """CREATE TABLE IF NOT EXISTS users_v2 (
+    id bigint PRIMARY KEY, email varchar(255) NOT NULL UNIQUE, name text, preferences json NOT NULL,
+    updated_at datetime(6) NOT NULL)"""
+
+
+def mariadb_target_plan(plan_id: str) -> dict:
+    """The PostgreSQL example's backfill into a MariaDB target (its own DDL; the chunks, batches, lock as there)."""
+    data = pg_plan(plan_id)
+    data["steps"][0].update(
+        up=MARIADB_USERS_V2, down="DROP TABLE IF EXISTS users_v2",
+        verify="SELECT count(*) = 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+               "AND table_name = 'users_v2'",
+        verify_down="SELECT count(*) = 0 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "AND table_name = 'users_v2'")
+    data["steps"][1].pop("throttle")  # its query reads pg_stat_activity, which MariaDB has not
+    data["steps"] = data["steps"][:2]
+    return data
+
+
+def test_mapped_backfill_from_postgresql_into_mariadb(mariadb_database, legacy_pg, run_plan):
+    dag_run = run_plan(mariadb_target_plan("bf_pg_to_mariadb"), mariadb_database)
+
+    assert dag_run.state == "success", states(dag_run)
+    chunk_tis = [ti for ti in dag_run.get_task_instances() if ti.task_id == "steps.copy_users.copy_chunk"]
+    assert sorted(ti.map_index for ti in chunk_tis) == [0, 1, 2, 3]
+    source = query(legacy_pg.sqlalchemy_url, "SELECT id, email, name, updated_at AT TIME ZONE 'UTC', "
+                                             "jsonb_build_object('theme', theme, 'notifications_enabled', "
+                                             "notifications_enabled)::text FROM users ORDER BY id")
+    target = query(mariadb_database.sqlalchemy_url, "SELECT id, email, name, updated_at, preferences FROM users_v2 "
+                                                    "ORDER BY id")
+    assert [r[:4] for r in target] == [r[:4] for r in source]  # instants as UTC DATETIME
+    assert [yaml.safe_load(r[4]) for r in target] == [yaml.safe_load(r[4]) for r in source]
+    applied = query(mariadb_database.sqlalchemy_url, "SELECT step_id, status FROM airflow_migrate_history "
+                                                     "WHERE action = 'apply' ORDER BY id")
+    assert applied == [("create_users_v2", "applied"), ("copy_users", "applied")]
