@@ -32,11 +32,16 @@ STEPS = """
 """
 
 
-@pytest.fixture
-def captured(tmp_path, monkeypatch) -> Any:
-    """A SQLite app database under dual write with a backlog of 1,500 captured changes; connection app_db."""
-    url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", url)
+@pytest.fixture(params=["sqlite", "mariadb"])
+def captured(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Any:
+    """An app database (SQLite, MariaDB) under dual write with a backlog of 1,500 captured changes; connection
+    app_db."""
+    if request.param == "mariadb":
+        db = request.getfixturevalue("mariadb_database")
+        url, airflow_uri = db.sqlalchemy_url, db.airflow_uri
+    else:
+        url = airflow_uri = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", airflow_uri)
     engine = create_engine(url)
     dialect_for(engine)
     seed_users(engine)
@@ -104,3 +109,21 @@ def test_catch_up_trigger_stops_when_another_run_holds_the_lock(captured) -> Non
 
     assert payload["status"] == "error"
     assert "someone_else" in payload["message"]
+
+
+def test_throttle_trigger_polls_mariadb_through_aiomysql(mariadb_database, monkeypatch) -> None:
+    """The triggerer's async access to MariaDB (``MysqlDialect.async_url``: aiomysql)."""
+    from airflow_migrate_provider.triggers.throttle import ThrottleTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", mariadb_database.airflow_uri)
+    trigger = ThrottleTrigger("app_db", "lag", "SELECT 3 % 2 + COUNT(*) FROM information_schema.schemata "
+                              "WHERE schema_name = DATABASE()", max_value=2.0, poll_seconds=0.1)
+
+    async def first() -> dict[str, Any]:
+        events = trigger.run()
+        event = await events.__anext__()
+        await events.aclose()
+        return event.payload
+
+    payload = asyncio.run(first())
+    assert payload["rule"] == "lag" and payload["value"] == 2.0

@@ -138,8 +138,48 @@ def _sqlite_rename(tmp_path, switch: str = "{rename: {old_table_becomes: users_o
     return Pairing("x", engine, engine, url, url, steps, None, ("users", "old"), "users_old", variables), engine
 
 
-@pytest.fixture(params=["sqlite_rename", "pg_same_db_new_layout_variable", "pg_to_pg_http"])
+def _mariadb_rename(factory) -> Iterator[Pairing]:
+    """MariaDB, one database: ``RENAME TABLE users TO users_old, users_v2 TO users`` in one statement."""
+    with factory() as db:
+        engine, url = prepared_engine(db.sqlalchemy_url), db.sqlalchemy_url
+        seed_users(engine)
+        create_same_layout(engine)
+        steps = DUAL_WRITE.format(target="users_v2", key="id", columns="{}", reverse="{}", live="users",
+                                  switch="{rename: {old_table_becomes: users_old}}")
+        yield Pairing("mariadb_rename", engine, engine, url, url, steps, lambda: (url, "users", "old"),
+                      ("users", "old"), "users_old")
+        engine.dispose()
+
+
+def _pg_to_mariadb_http(pg_factory, mariadb_factory) -> Iterator[Pairing]:
+    """PostgreSQL (old) to MariaDB (new), switched by an HTTP flag: the reverse capture is MariaDB's."""
+    with pg_factory() as old_db, mariadb_factory() as new_db:
+        old, new = prepared_engine(old_db.sqlalchemy_url), prepared_engine(new_db.sqlalchemy_url)
+        seed_users(old)
+        create_same_layout(new, "users")
+        flag = FlagServer()
+        switch = (f'{{http: {{switch: {{url: "{flag.url}/flag", body: {{live: new}}}}, '
+                  f'switch_back: {{url: "{flag.url}/flag", body: {{live: old}}}}}}}}')
+        steps = DUAL_WRITE.format(target="users", key="id", columns="{}", reverse="{}", live="users", switch=switch)
+
+        def route_flag() -> tuple[str, str, str]:
+            return (new_db.sqlalchemy_url if flag.live == "new" else old_db.sqlalchemy_url), "users", "old"
+        yield Pairing("pg_to_mariadb_http", old, new, old_db.sqlalchemy_url, new_db.sqlalchemy_url, steps,
+                      route_flag, ("users", "old"), "users")
+        flag.close()
+        old.dispose()
+        new.dispose()
+
+
+@pytest.fixture(params=["sqlite_rename", "pg_same_db_new_layout_variable", "pg_to_pg_http", "mariadb_rename",
+                        "pg_to_mariadb_http"])
 def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Pairing]:
+    if request.param == "mariadb_rename":
+        yield from _mariadb_rename(request.getfixturevalue("mariadb_database_factory"))
+        return
+    if request.param == "pg_to_mariadb_http":
+        yield from _pg_to_mariadb_http(pg_database_factory, request.getfixturevalue("mariadb_database_factory"))
+        return
     if request.param == "sqlite_rename":
         url = f"sqlite:///{(tmp_path / 'app.sqlite').resolve()}"
         engine = prepared_engine(url)
@@ -301,7 +341,8 @@ def test_a_failed_switch_back_is_never_replaced_by_a_backup_restore(tmp_path) ->
     engine.dispose()
 
 
-@pytest.mark.parametrize("pairing", ["sqlite_rename", "pg_same_db_new_layout_variable"], indirect=True)
+@pytest.mark.parametrize("pairing", ["sqlite_rename", "pg_same_db_new_layout_variable", "mariadb_rename"],
+                         indirect=True)
 def test_rows_are_compared_at_the_switch_and_a_difference_switches_back(pairing: Pairing) -> None:
     """One database: every row at the switch (across two, counts at the snapshot; rows by the verify task)."""
     from airflow_migrate_provider.core.kinds.cutover import cutover_of

@@ -7,7 +7,9 @@ DDL commits on its own there (a ``CREATE TRIGGER`` ends the transaction it runs 
   ``am_ro_<hash>`` holding the refusal message (NULL: writes pass) and triggers that read it with a locking read
   (the latest committed value, whatever the writer's snapshot) after each row written. Under the lock, switching
   it on is then an ``UPDATE`` of that row, which commits with the lock's transaction: a write that waited for the
-  lock is refused, never lands in the old table after the switch.
+  lock is refused, never lands in the old table after the switch. Switching it off is an ``UPDATE`` too (it commits
+  with the ``DELETE`` that empties the new table on rollback); the objects of a guard that is off are dropped with
+  the capture of the same name (:meth:`MysqlCaptureSql.drop`).
 - **TRUNCATE** fires no trigger. The capture creates an empty table ``am_chg_<hash>_no_truncate`` with a foreign key
   to the captured table's key: InnoDB refuses to TRUNCATE a table referenced by a foreign key (error 1701, which
   names the constraint ``dual_write_capture_refuses_truncate_<hash>``). A session with ``foreign_key_checks = 0``
@@ -104,10 +106,13 @@ class MysqlCaptureSql(CaptureSql):
         return {c: found[c].compile(dialect=conn.dialect) for c in columns}
 
     def drop(self, conn: Connection, names: CaptureNames) -> None:
+        """The capture, and its guard if that is off (a guard that is on stays: the table keeps refusing writes)."""
         for suffix in _SUFFIXES:
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {self._trigger(names, names.trigger, suffix)}")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._no_truncate_table(names)}")
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.d.ident(names.change_table)}")
+        if self._guard_state(conn, names) != "on":
+            self._drop_guard(conn, names)
 
     def _count_triggers(self, conn: Connection, names: CaptureNames, base: str) -> int:
         wanted = {f"{base}_{s}": f"t{i}" for i, s in enumerate(_SUFFIXES)}
@@ -135,8 +140,11 @@ class MysqlCaptureSql(CaptureSql):
         self._create_guard(conn, names, None)
 
     def guard_writes(self, conn: Connection, names: CaptureNames, on: bool, message: str | None = None) -> None:
+        """On: a row change where prepared (else the guard is created, which commits conn's transaction). Off: a
+        row change that commits with conn's transaction; :meth:`drop` removes the guard's objects later."""
         if not on:
-            self._drop_guard(conn, names)
+            if self._guard_state(conn, names) != "absent":
+                conn.exec_driver_sql(f"UPDATE {self._guard_table(names)} SET message = NULL")
         elif self._count_triggers(conn, names, names.guard) == len(_SUFFIXES):
             # prepared: a row change, committed with conn's transaction (the lock's)
             conn.exec_driver_sql(f"UPDATE {self._guard_table(names)} SET message = {self.d.param('m')}",
@@ -144,6 +152,18 @@ class MysqlCaptureSql(CaptureSql):
         else:
             self._drop_guard(conn, names)
             self._create_guard(conn, names, self._message(names, message))
+
+    def _guard_state(self, conn: Connection, names: CaptureNames) -> str:
+        """absent, off (no message) or on."""
+        schema, _, name = f"{self._prefix(names)}{names.guard}".rpartition(".")
+        exists = conn.exec_driver_sql(
+            f"SELECT count(*) FROM information_schema.tables WHERE table_schema = COALESCE("
+            f"{self.d.param('schema')}, DATABASE()) AND table_name = {self.d.param('name')}",
+            {"schema": schema or None, "name": name}).scalar()
+        if not exists:
+            return "absent"
+        message = conn.exec_driver_sql(f"SELECT message FROM {self._guard_table(names)} WHERE id = 1").scalar()
+        return "off" if message is None else "on"
 
     def _message(self, names: CaptureNames, message: str | None) -> str:
         return (message or self.guard_message(names, None).replace("''", "'"))[:_MESSAGE_LENGTH]

@@ -249,15 +249,15 @@ class DualWriteKind(StepKind[DualWriteStep]):
             with ctx.engine.begin() as conn:
                 new_side = capture_sql(dialect_for(ctx.engine))  # a cutover that died before it recorded a switch
                 new_side.drop(conn, reverse)
+                new_side.guard_writes(conn, reverse, False)  # lifted in the transaction that empties the table
                 deleted = _empty(conn, table)
                 Checkpoints(ctx.plan_id, applied.step_id).clear(conn)
-                # last: where DDL is not transactional, lifting the guard commits the delete first, so no write
-                # lands in the new table between the two
-                new_side.guard_writes(conn, reverse, False)
                 notes = [f"dropped the capture on {capture.table} ({capture.change_table})",
                          f"deleted the {deleted:,} rows copied into '{table}'" if deleted is not None else
                          f"table '{table}' no longer exists; nothing to delete"]
                 ctx.ledger.finish(row_id, "reverted", started_at=started, verified=json.dumps(notes), conn=conn)
+            with ctx.engine.begin() as conn:  # a guard switched off by a row change leaves objects (MySQL)
+                new_side.drop(conn, reverse)
         except sa_exc.SQLAlchemyError as exc:
             ctx.ledger.finish(row_id, "failed", started_at=started, error=db_error_line(exc))
             raise CaptureError(f"dual_write '{applied.step_id}': revert failed: {db_error_line(exc)}") from exc
