@@ -1,8 +1,9 @@
 """The `checksums` check on real databases: it reports exactly the keys that differ, under the column rules.
 
-Pairs: PostgreSQL → PostgreSQL (hashed in SQL, k-way drill-down), PostgreSQL ↔ SQLite and SQLite → SQLite
-(hashed in Python). Every test plants known differences (or known non-differences) and checks the exact keys
-reported, so a verifier that misses or invents one fails.
+Pairs: PostgreSQL → PostgreSQL and MariaDB → MariaDB (hashed in SQL, k-way drill-down), PostgreSQL ↔ SQLite,
+PostgreSQL ↔ MariaDB, SQLite → MariaDB and SQLite → SQLite (hashed in Python). Every test plants known
+differences (or known non-differences) and checks the exact keys reported, so a verifier that misses or invents
+one fails.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from airflow_migrate_provider.core.verify.checksums import VerifySpecError, chec
 from airflow_migrate_provider.core.verify.values import canonical
 from airflow_migrate_provider.errors import MigrateError
 
-PAIRS = ["pg-pg", "pg-sqlite", "sqlite-pg", "sqlite-sqlite"]
+PAIRS = ["pg-pg", "pg-sqlite", "sqlite-pg", "sqlite-sqlite", "mariadb-mariadb", "pg-mariadb", "mariadb-pg",
+         "sqlite-mariadb"]
+# MariaDB spellings of the types these tests declare (TEXT cannot be a key; TIMESTAMP is DATETIME's cousin with
+# automatic defaults)
+MARIADB_TYPES = {"float8": "DOUBLE", "jsonb": "JSON", "timestamp": "DATETIME(6)", "TIMESTAMP": "DATETIME(6)",
+                 "text": "VARCHAR(64)", "TEXT": "VARCHAR(64)"}
 
 
 @dataclass
@@ -39,6 +45,14 @@ class Db:
     def pg(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
+    @property
+    def mariadb(self) -> bool:
+        return self.engine.dialect.name == "mysql"
+
+    @property
+    def hashes_in_sql(self) -> bool:
+        return self.engine.dialect.name != "sqlite"
+
     def run(self, *statements: str) -> None:
         with self.engine.begin() as conn:
             for statement in statements:
@@ -47,7 +61,7 @@ class Db:
     def insert(self, table: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        marks = ", ".join(["%s" if self.pg else "?"] * len(rows[0]))
+        marks = ", ".join(["?" if self.engine.dialect.name == "sqlite" else "%s"] * len(rows[0]))
         with self.engine.begin() as conn:
             conn.exec_driver_sql(f"INSERT INTO {table} VALUES ({marks})", [tuple(map(self._value, r)) for r in rows])
 
@@ -58,19 +72,33 @@ class Db:
 
                 return Jsonb(v)
             return json.dumps(v)
+        if self.mariadb:
+            return v
         if not self.pg and isinstance(v, datetime):
             return v.isoformat(sep=" ")
         if not self.pg and isinstance(v, Decimal):
             return str(v)
         return v
 
-    def type(self, pg: str, sqlite: str) -> str:
+    def type(self, pg: str, sqlite: str, mariadb: str | None = None) -> str:
+        if self.mariadb:
+            return mariadb or MARIADB_TYPES.get(pg, pg)
         return pg if self.pg else sqlite
+
+    def concat(self, *parts: str) -> str:
+        return f"CONCAT({', '.join(parts)})" if self.mariadb else " || ".join(parts)
+
+    def hashed_in(self, other: Db) -> str:
+        """What the report says when both sides hash in SQL; "" when they hash in Python."""
+        same = self.engine.dialect.name == other.engine.dialect.name and self.hashes_in_sql
+        return ("hashed in MariaDB" if self.mariadb else "hashed in PostgreSQL") if same else ""
 
 
 def _engine(kind: str, request: pytest.FixtureRequest, tmp_path: Path, index: int) -> sa.Engine:
     if kind == "pg":
         return sa.create_engine(request.getfixturevalue("pg_urls")[index])
+    if kind == "mariadb":
+        return sa.create_engine(request.getfixturevalue("mariadb_urls")[index])
     return sa.create_engine(f"sqlite:///{tmp_path / f'db{index}.sqlite'}")
 
 
@@ -87,6 +115,14 @@ def dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Db, Db
 @pytest.fixture
 def pg_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Db, Db]]:
     engines = [_engine("pg", request, tmp_path, i) for i in (0, 1)]
+    yield Db(engines[0]), Db(engines[1])
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def mariadb_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Db, Db]]:
+    engines = [_engine("mariadb", request, tmp_path, i) for i in (0, 1)]
     yield Db(engines[0]), Db(engines[1])
     for engine in engines:
         engine.dispose()
@@ -114,7 +150,8 @@ def run_check(src: Db, src_table: str, tgt: Db, tgt_table: str, key: list[str], 
 # ------------------------------------------------------------------------------------------------------
 def orders_ddl(db: Db, table: str) -> str:
     return (f"CREATE TABLE {table} (id {db.type('bigint', 'INTEGER')} PRIMARY KEY, n INTEGER, s TEXT, "
-            f"amount NUMERIC(12, 2), x {db.type('float8', 'REAL')}, ts TIMESTAMP, doc {db.type('jsonb', 'JSON')})")
+            f"amount NUMERIC(12, 2), x {db.type('float8', 'REAL')}, ts {db.type('timestamp', 'TIMESTAMP')}, "
+            f"doc {db.type('jsonb', 'JSON')})")
 
 
 def order_row(i: int) -> tuple[Any, ...]:
@@ -136,14 +173,15 @@ def make_orders(src: Db, tgt: Db, rows: int = 3000) -> tuple[str, str]:
     return a, b
 
 
-CHANGED = {18: "n = n + 1", 800: "s = s || 'x'", 1502: "amount = amount + 0.01", 2222: "x = x + 0.5",
+CHANGED = {18: "n = n + 1", 800: "s = {s_x}", 1502: "amount = amount + 0.01", 2222: "x = x + 0.5",
            2999: "ts = NULL"}
 DELETED = {1, 1700, 3000}
 INSERTED = {3001, 10_000}
 
 
 def mutate_orders(tgt: Db, table: str) -> None:
-    statements = [f"UPDATE {table} SET {change} WHERE id = {key}" for key, change in CHANGED.items()]
+    statements = [f"UPDATE {table} SET {change.format(s_x=tgt.concat('s', repr('x')))} WHERE id = {key}"
+                  for key, change in CHANGED.items()]
     statements.append(f"DELETE FROM {table} WHERE id IN ({', '.join(map(str, DELETED))})")
     tgt.run(*statements)
     tgt.insert(table, [order_row(i) for i in sorted(INSERTED)])
@@ -156,7 +194,8 @@ def test_identical_tables_pass(dbs):
     assert result.passed, result.detail
     assert result.total_differences == 0 and result.differences == []
     assert result.source == result.target == "3,000 rows, 64 segments"
-    assert ("hashed in PostgreSQL" in result.detail) == (src.pg and tgt.pg)
+    hashed = src.hashed_in(tgt)
+    assert (hashed or "hashed in Python") in result.detail
 
 
 @pytest.mark.parametrize("segments, bisect_rows", [(64, 2000), (4, 40), (1, 1)])
@@ -366,8 +405,9 @@ def test_text_key_sorts_alike_on_every_database(dbs):
     keys = TEXT_KEYS + [f"user-{i:04d}{'é' if i % 3 else 'E'}" for i in range(600)]
     icu = src.pg and _has_icu(src)  # a source collation whose order is not byte order
     code_type = 'text COLLATE "en-x-icu"' if icu else "TEXT"
-    src.run(f"CREATE TABLE {a} (code {code_type} PRIMARY KEY, v INTEGER)")
-    tgt.run(f"CREATE TABLE {b} (code TEXT PRIMARY KEY, v INTEGER)")
+    nopad = "VARCHAR(64) COLLATE utf8mb4_nopad_bin"  # every key distinct: 'a ' is not 'a', 'A' is not 'a'
+    src.run(f"CREATE TABLE {a} (code {src.type(code_type, code_type, nopad)} PRIMARY KEY, v INTEGER)")
+    tgt.run(f"CREATE TABLE {b} (code {tgt.type('TEXT', 'TEXT', nopad)} PRIMARY KEY, v INTEGER)")
     src.insert(a, [(k, i) for i, k in enumerate(keys)])
     tgt.insert(b, [(k, i + (1 if k in ("B", "user-0301é") else 0)) for i, k in enumerate(keys)
                    if k not in ("ä", "a ", "user-0041é")] + [("Ä", 1), ("user-9999", 2)])
@@ -454,7 +494,7 @@ def _check_random(src: Db, tgt: Db, case) -> None:
     a, b = name("src"), name("tgt")
     for db, t in ((src, a), (tgt, b)):
         db.run(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, n {db.type('bigint', 'INTEGER')}, s TEXT, "
-               f"x {db.type('float8', 'REAL')}, ts TIMESTAMP)")
+               f"x {db.type('float8', 'REAL')}, ts {db.type('timestamp', 'TIMESTAMP')})")
     src.insert(a, [(k, *v) for k, v in rows.items()])
     target = {k: changed.get(k, v) for k, v in rows.items() if k not in deleted} | inserted
     tgt.insert(b, [(k, *v) for k, v in target.items()])
@@ -480,6 +520,13 @@ def test_random_mutations_sqlite(tmp_path, case):
 @given(case=table_and_mutations(max_rows=150))
 def test_random_mutations_postgresql(pg_dbs, case):
     _check_random(*pg_dbs, case)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=table_and_mutations(max_rows=150))
+def test_random_mutations_mariadb(mariadb_dbs, case):
+    """Hashed in MariaDB's SQL and drilled down: exactly the mutated keys."""
+    _check_random(*mariadb_dbs, case)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -521,7 +568,7 @@ def test_null_keys_are_refused(dbs, key_type):
     src, tgt = dbs
     a, b = name("src"), name("tgt")
     for db, t in ((src, a), (tgt, b)):
-        db.run(f"CREATE TABLE {t} (id {key_type}, v integer)")
+        db.run(f"CREATE TABLE {t} (id {db.type(key_type, key_type)}, v integer)")
     src.insert(a, [("1" if key_type == "text" else 1, 1), (None, 2)])
     tgt.insert(b, [("1" if key_type == "text" else 1, 1)])
     with pytest.raises(VerifySpecError, match=r"key: source has rows whose key \(id\) is NULL"):

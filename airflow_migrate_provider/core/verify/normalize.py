@@ -86,7 +86,7 @@ def normalize_sql(sql: str) -> str:
         literals.append(match.group())
         return f"\x01{len(literals) - 1}\x02"
 
-    code = _CAST.sub("", _LITERAL.sub(keep, sql).lower()).replace('"', "").replace("!=", "<>")
+    code = _CAST.sub("", _LITERAL.sub(keep, sql).lower()).replace('"', "").replace("`", "").replace("!=", "<>")
     for pattern, replacement in _OPERATORS:
         code = pattern.sub(replacement, code)
     code = re.sub(r"\s*,\s*", ", ", " ".join(code.split()))

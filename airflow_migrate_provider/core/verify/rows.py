@@ -220,6 +220,7 @@ def _fetch(side: Side, role: str, exprs: list[tuple[str, str]], categories: dict
     select = _select(side, exprs, categories)
     try:
         with side.engine.connect() as conn:
+            sql.stable_session(conn)  # values in the same time zone and text forms on every connection
             for start in range(0, len(keys), _KEYS_PER_QUERY):
                 params: dict[str, Any] = {}
                 tuples = []
