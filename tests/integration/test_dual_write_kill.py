@@ -12,8 +12,9 @@ old one for every key that has no change row left (a lost change shows up here, 
 replay runs to completion in the test process, and the new table must hold exactly the writers' model and equal
 the old table through the transform, with an empty change table and a checkpoint that counted every change.
 
-Pairings: PostgreSQL to PostgreSQL (two databases: two commits per batch) and SQLite (one file, users →
-users_v2 with a JSON column: one transaction per batch).
+Pairings: PostgreSQL to PostgreSQL (two databases: two commits per batch), MariaDB (one database, but two
+commits per batch as between two) and SQLite (one file, users → users_v2 with a JSON column: one transaction per
+batch).
 
 Kill moments come from ``random.Random(SEED)`` (printed; set ``DUAL_WRITE_KILL_SEED`` to replay a run).
 """
@@ -93,6 +94,7 @@ class Pairing:
     columns: str  # the step's transform
     expected_sql: str  # on the source: the old table through the transform
     actual_sql: str  # on the target: the new table
+    one_transaction: bool = False  # a batch commits the new table and forgets its changes at once (SQLite)
 
     @property
     def one_database(self) -> bool:
@@ -104,8 +106,17 @@ class Pairing:
 
 
 
-@pytest.fixture(params=["pg_to_pg", "sqlite"])
+@pytest.fixture(params=["pg_to_pg", "sqlite", "mariadb"])
 def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> Iterator[Pairing]:
+    if request.param == "mariadb":
+        with request.getfixturevalue("mariadb_database_factory")() as db:
+            engine = prepared_engine(db.sqlalchemy_url)
+            create_same_layout(engine)
+            yield Pairing("mariadb", db.sqlalchemy_url, db.sqlalchemy_url, engine, engine, "old", "{}",
+                          "SELECT id, email, theme, notifications FROM users",
+                          "SELECT id, email, theme, notifications FROM users_v2")
+            engine.dispose()
+        return
     if request.param == "pg_to_pg":
         with pg_database_factory() as src_db, pg_database_factory() as tgt_db:
             source, target = prepared_engine(src_db.sqlalchemy_url), prepared_engine(tgt_db.sqlalchemy_url)
@@ -124,7 +135,7 @@ def pairing(request: pytest.FixtureRequest, pg_database_factory, tmp_path) -> It
     yield Pairing("sqlite", url, url, engine, engine, "new_sqlite", SQLITE_COLUMNS,
                   "SELECT id, email, json_object('theme', theme, 'notifications', json(CASE WHEN notifications THEN "
                   "'true' ELSE 'false' END)) FROM users",
-                  "SELECT id, email, preferences FROM users_v2")
+                  "SELECT id, email, preferences FROM users_v2", one_transaction=True)
     engine.dispose()
 
 
@@ -323,11 +334,26 @@ def _tagged(url: str, app: str) -> str:
 def wait_for_sessions_to_end(p: Pairing, app: str, timeout_s: float = 30.0) -> None:
     """A killed client's last COMMIT may still be running in its server process: wait until the server has ended
     every session of ``app``, so that what the test reads next no longer changes under it."""
+    if p.source_url.startswith("mysql"):
+        _wait_for_mariadb_sessions(p, timeout_s)
     if not p.source_url.startswith("postgresql"):
         return
     deadline = time.monotonic() + timeout_s
     while _scalar(p.target, "SELECT count(*) FROM pg_stat_activity WHERE application_name = :a", {"a": app}):
         assert time.monotonic() < deadline, f"sessions of {app} outlived their killed client"
+        time.sleep(0.01)
+
+
+def _wait_for_mariadb_sessions(p: Pairing, timeout_s: float) -> None:
+    """MariaDB: until no other session of the test database runs a statement or holds a transaction (a killed
+    client's session ends once its statement, a COMMIT say, is done)."""
+    busy = ("SELECT (SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() AND id <> "
+            "CONNECTION_ID() AND command <> 'Sleep') + (SELECT count(*) FROM information_schema.innodb_trx t JOIN "
+            "information_schema.processlist s ON s.id = t.trx_mysql_thread_id WHERE s.db = DATABASE() AND s.id <> "
+            "CONNECTION_ID())")
+    deadline = time.monotonic() + timeout_s
+    while _scalar(p.target, busy):
+        assert time.monotonic() < deadline, "sessions of a killed worker outlived it"
         time.sleep(0.01)
 
 
@@ -379,8 +405,8 @@ def kill_once(p: Pairing, cap: Captured, how: str, n: int, rng: random.Random, o
     if how == "between_commits":
         # two databases: the new table and the checkpoint committed, the change rows not yet deleted; one SQLite
         # file: the kill rolled back the batch's only transaction
-        assert again == (0 if p.one_database else BATCH_CHANGES), f"kill {n}: {again} changes left behind"
-    if p.one_database:
+        assert again == (0 if p.one_transaction else BATCH_CHANGES), f"kill {n}: {again} changes left behind"
+    if p.one_transaction:
         assert left == 0, f"kill {n}: the checkpoint names changes still in the change table on one database"
     assert replayed >= cap.changes - lag, f"kill {n}: changes deleted from the change table were never counted"
     pending = assert_replayed_keys_match(p, cap.change_table, f"after kill {n} ({how})")
@@ -434,7 +460,7 @@ def test_replay_killed_mid_way_resumes_without_loss_or_duplicates(pairing: Pairi
     # since a replay writes each key's current row — so the count is the captured changes plus exactly those
     assert replayed >= cap.changes
     assert replayed == cap.changes + log.counted_twice, (replayed, cap.changes, log.counted_twice)
-    if not pairing.one_database:
+    if not pairing.one_transaction:
         assert log.between_commits >= 2 and log.counted_twice > 0
     print(f"{pairing.name} timings: setup and capture {t_captured - t0:.1f} s, {len(KILLS)} kills "
           f"{t_killed - t_captured:.1f} s, resume {t_resumed - t_killed:.1f} s, checks "
