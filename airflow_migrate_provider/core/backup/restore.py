@@ -4,13 +4,15 @@ A table the backup recorded as absent (a step created it) is dropped. A table wh
 that is gone) is rebuilt from the definition in the manifest and refilled from the backup. A table whose
 definition matches but whose rows differ is synchronised by primary key: rows the backup lacks are deleted,
 changed rows updated, missing rows inserted; so rows equal to the backup are never deleted and foreign keys
-pointing at them (and their ON DELETE actions) are not disturbed. All in one transaction.
+pointing at them (and their ON DELETE actions) are not disturbed. All in one transaction where the database
+has transactional DDL; elsewhere (MySQL/MariaDB) staged, see staged_restore.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy import exc as sa_exc
@@ -127,16 +129,15 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
             raise RestoreFailed(f"cannot open backup {backup.id} at {backup.location}: {exc}; nothing was "
                                 f"changed") from exc
         try:
-            with conn.begin():
+            # where DDL is not transactional the restore stages and commits in steps (restore_staged)
+            with conn.begin() if dialect.transactional_ddl else nullcontext():
                 states = compare(conn, backup)
                 after = {s.table: s for s in states}
                 todo = [s for s in states if not s.equal and (only is None or s.table in only)]
                 if todo:
                     log.warning("restoring %d table(s) from backup %s: %s", len(todo), backup.id,
                                 ", ".join(s.table for s in todo))
-                    _restore(conn, dialect, strategy, backup, todo)
-                    dialect.check_restored_foreign_keys(conn)
-                    after.update({s.table: s for s in _verify_before_commit(conn, backup, todo)})
+                    after.update({s.table: s for s in _restore_todo(conn, dialect, strategy, backup, todo)})
                 for state in states:
                     state.action = next((s.action for s in todo if s.table == state.table), "unchanged")
         except sa_exc.SQLAlchemyError as exc:
@@ -154,6 +155,20 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
     log.info("restore from backup %s: %d table(s) restored, every table equals the backup (%.1f s)\n%s",
              backup.id, len(report.restored), report.duration_s, report.table())
     return report
+
+
+def _restore_todo(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Backup,
+                  todo: list[TableState]) -> list[TableState]:
+    """Restore the differing tables and verify them; returns their states afterwards. Inside the caller's
+    transaction where DDL is transactional; else staged: the live tables change only once everything is checked
+    (staged_restore.py)."""
+    if not dialect.transactional_ddl:
+        from airflow_migrate_provider.core.backup.staged_restore import restore_staged  # it imports this module
+
+        return restore_staged(conn, dialect, strategy, backup, todo)
+    _restore(conn, dialect, strategy, backup, todo)
+    dialect.check_restored_foreign_keys(conn)
+    return _verify_before_commit(conn, backup, todo)
 
 
 def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableState]) -> list[TableState]:
@@ -182,17 +197,24 @@ def _restore(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Bac
             _rebuild(conn, dialect, rebuild, sources)
             for manifest in rebuild:
                 _set_action(todo, manifest.table, "rebuilt")
-        ordered = _dependency_order(sync)
         restoring = {quote_table(conn, m.table) for m in [*drop, *rebuild, *sync]}
-        diffs: dict[str, str | None] = {}
-        for index, manifest in enumerate(reversed(ordered)):
-            source, definition_ = sources[manifest.table], manifest.table_definition
-            dialect.refuse_cascades(conn, manifest.table, definition_, source, restoring)
-            diffs[manifest.table] = dialect.diff_keys(conn, manifest.table, definition_, source, index)
-            _delete_extra(conn, manifest, source, diffs[manifest.table])
-        for manifest in ordered:
-            _update_and_insert(conn, dialect, manifest, sources[manifest.table], diffs.get(manifest.table))
-            _set_action(todo, manifest.table, "synchronised")
+        synchronise(conn, dialect, sync, sources, restoring, todo)
+
+
+def synchronise(conn: Connection, dialect: Dialect, sync: list[TableManifest], sources: dict[str, str],
+                restoring: set[str], todo: list[TableState]) -> None:
+    """Bring the rows of tables whose definition matches back to the backup's, by primary key: the rows the
+    backup lacks deleted (children first), changed rows updated and missing rows inserted (parents first)."""
+    ordered = _dependency_order(sync)
+    diffs: dict[str, str | None] = {}
+    for index, manifest in enumerate(reversed(ordered)):
+        source, definition_ = sources[manifest.table], manifest.table_definition
+        dialect.refuse_cascades(conn, manifest.table, definition_, source, restoring)
+        diffs[manifest.table] = dialect.diff_keys(conn, manifest.table, definition_, source, index)
+        _delete_extra(conn, dialect, manifest, source, diffs[manifest.table])
+    for manifest in ordered:
+        _update_and_insert(conn, dialect, manifest, sources[manifest.table], diffs.get(manifest.table))
+        _set_action(todo, manifest.table, "synchronised")
 
 
 def _set_action(states: list[TableState], table: str, action: str) -> None:
@@ -266,15 +288,15 @@ def _rebuild(conn: Connection, dialect: Dialect, manifests: list[TableManifest],
         conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
 
 
-def _delete_extra(conn: Connection, manifest: TableManifest, source: str, diff: str | None = None) -> None:
+def _delete_extra(conn: Connection, dialect: Dialect, manifest: TableManifest, source: str,
+                  diff: str | None = None) -> None:
     definition_ = manifest.table_definition
     qt = quote_table(conn, manifest.table)
     if not definition_.primary_key:
         conn.execute(text(f"DELETE FROM {qt}"))
         return
     if diff is not None:
-        deleted = conn.execute(text(f"DELETE FROM {qt} USING {diff} AS d WHERE d.extra AND "
-                                    f"{_key_match(conn, definition_, qt, 'd')}"))
+        deleted = conn.execute(text(dialect.delete_diff_sql(qt, diff, _key_match(conn, definition_, qt, 'd'))))
         log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
         return
     match = _key_match(conn, definition_, qt, "b")  # where the dialect found no differing keys
@@ -301,10 +323,9 @@ def _update_and_insert(conn: Connection, dialect: Dialect, manifest: TableManife
     bare = prep.quote_identifier(split_name(manifest.table)[1])
     if diff is not None:  # only the keys the dialect's diff_keys found
         if values:
-            updated = conn.execute(text(
-                f"UPDATE {qt} SET ({_cols(conn, values)}) = ROW({_cols(conn, values, 'b.')}) FROM {source} AS b "
-                f"JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE NOT d.extra AND NOT d.missing "
-                f"AND {_key_match(conn, definition_, bare, 'd')}"))
+            updated = conn.execute(text(dialect.update_diff_sql(
+                qt, [prep.quote_identifier(c) for c in values], source, diff,
+                _key_match(conn, definition_, bare, 'd'), _key_match(conn, definition_, 'b', 'd'))))
             log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
                      updated.rowcount)
         inserted = conn.execute(text(

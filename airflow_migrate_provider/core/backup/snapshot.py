@@ -40,13 +40,19 @@ class SnapshotStrategy(Strategy):
     def create(self, engine: Engine, dialect: Dialect, backup_id: str, present: dict[str, TableDefinition],
                lock_writes: bool) -> Copy:
         copy = Copy()
+        if not dialect.transactional_ddl:  # CREATE TABLE would commit the locking transaction: create them first
+            self._create_empty(engine, backup_id, present, copy)
         with locked(engine, dialect, list(present), lock_writes) as conn:
             for index, (table, definition) in enumerate(present.items()):
                 started = time.monotonic()
                 name = self.snapshot_name(backup_id, index, table)
                 cols = ", ".join(conn.dialect.identifier_preparer.quote_identifier(c) for c in definition.insertable)
-                conn.execute(text(f"CREATE TABLE {quote_table(conn, name)} AS SELECT {cols} "
-                                  f"FROM {quote_table(conn, table)}"))
+                if table in copy.stored_as:
+                    conn.execute(text(f"INSERT INTO {quote_table(conn, name)} ({cols}) SELECT {cols} "
+                                      f"FROM {quote_table(conn, table)}"))
+                else:
+                    conn.execute(text(f"CREATE TABLE {quote_table(conn, name)} AS SELECT {cols} "
+                                      f"FROM {quote_table(conn, table)}"))
                 copy.stored_as[table] = name
                 log.info("backup: copied %s into %s in %.1f s", table, name, time.monotonic() - started)
             if lock_writes:  # consistent: fingerprint under the same lock
@@ -58,6 +64,17 @@ class SnapshotStrategy(Strategy):
             sizes = [relation_size(conn, name) for name in copy.stored_as.values()]
         copy.size_bytes = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         return copy
+
+    def _create_empty(self, engine: Engine, backup_id: str, present: dict[str, TableDefinition], copy: Copy) -> None:
+        """The snapshot tables, empty, with the columns' types (where DDL commits on its own)."""
+        with engine.connect() as conn:
+            for index, (table, definition) in enumerate(present.items()):
+                name = self.snapshot_name(backup_id, index, table)
+                cols = ", ".join(conn.dialect.identifier_preparer.quote_identifier(c) for c in definition.insertable)
+                conn.execute(text(f"CREATE TABLE {quote_table(conn, name)} AS SELECT {cols} "
+                                  f"FROM {quote_table(conn, table)} WHERE 1 = 0"))
+                copy.stored_as[table] = name
+            conn.commit()
 
     @staticmethod
     def _fingerprint(conn: Connection, present: dict[str, TableDefinition], copy: Copy) -> None:

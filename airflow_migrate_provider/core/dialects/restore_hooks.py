@@ -1,5 +1,13 @@
 """What a restore from backup asks the database adapter; the defaults suit a database with no sequences to
-carry over and no cascades to guard (SQLite overrides the foreign-key handling)."""
+carry over and no cascades to guard (SQLite overrides the foreign-key handling).
+
+Where DDL commits on its own (``Dialect.transactional_ddl`` false: MySQL/MariaDB) the restore cannot drop and
+re-create a table inside its transaction. It stages instead (core/backup/staged_restore.py): each rebuilt table is
+built and filled under a staging name, the rows of every restored table are synchronised and checked (foreign keys
+by query, see ``foreign_key_links``; the staged and synchronised tables against the manifest) in one transaction,
+which rolls back on any failure while the live tables are untouched; only then one atomic ``rename_tables`` swaps
+the staged tables in (the old ones parked, dropped afterwards) and ``move_foreign_keys`` points other tables' keys
+at the restored tables again."""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection
 
-from airflow_migrate_provider.core.dialects.types import TableDefinition
+from airflow_migrate_provider.core.dialects.types import RawForeignKey, TableDefinition
 
 
 class RestoreHooks:
@@ -55,3 +63,32 @@ class RestoreHooks:
     def refuse_cascades(self, conn: Connection, table: str, definition: TableDefinition, source: str,
                         restoring: set[str]) -> None:
         """Raise RestoreFailed when deleting the rows the backup lacks would cascade into other tables."""
+
+    def delete_diff_sql(self, qt: str, diff: str, match: str) -> str:
+        """DELETE the rows of ``qt`` whose keys ``diff`` (alias ``d``) flags ``extra``; ``match``: qt's key = d's."""
+        return f"DELETE FROM {qt} USING {diff} AS d WHERE d.extra AND {match}"
+
+    def update_diff_sql(self, qt: str, columns: list[str], source: str, diff: str, target_match: str,
+                        source_match: str) -> str:
+        """UPDATE ``qt``'s quoted ``columns`` to the values in ``source`` (alias ``b``) for the keys ``diff`` (alias
+        ``d``) flags neither extra nor missing; the matches: the table's key = d's, b's key = d's."""
+        cols = ", ".join(columns)
+        return (f"UPDATE {qt} SET ({cols}) = ROW({', '.join(f'b.{c}' for c in columns)}) FROM {source} AS b "
+                f"JOIN {diff} AS d ON {source_match} WHERE NOT d.extra AND NOT d.missing AND {target_match}")
+
+    # -- staged restores (where DDL is not transactional) ----------------------------------------------
+    def foreign_key_links(self, conn: Connection, restoring: set[str], dropping: set[str],
+                          rebuilt: dict[str, TableDefinition]) -> list[tuple[str, RawForeignKey]]:
+        """(child table, key) of each foreign key the restored tables must satisfy afterwards: the rebuilt tables'
+        backed-up keys and the live keys from or to a restored table, whose rows a staged restore checks by query
+        (its session has the database's own checks off)."""
+        return []
+
+    def rename_tables(self, conn: Connection, renames: list[tuple[str, str]]) -> None:
+        """Rename (quoted old, quoted new) pairs, all or none."""
+        for old, new in renames:
+            conn.exec_driver_sql(f"ALTER TABLE {old} RENAME TO {new}")
+
+    def move_foreign_keys(self, conn: Connection, parked: str, live: str, skip: set[str]) -> None:
+        """After ``live`` was renamed to ``parked`` and its restored version took its name: point the foreign keys
+        of other tables (not those in ``skip``) that followed the rename back at ``live``."""
