@@ -90,9 +90,11 @@ class BackupSpec(StrictModel):
     """What to back up before the first step changes data, and how. Rollback restores from it where a
     step's down SQL fails or leaves a table different from its pre-run state."""
 
-    strategy: Literal["snapshot", "pg_dump", "sqlite_backup"] = Field(
+    strategy: Literal["snapshot", "pg_dump", "mariadb_dump", "sqlite_backup"] = Field(
         description="`snapshot`: a copy of each table inside the database (every dialect). `pg_dump`: a "
         "custom-format file of the tables (PostgreSQL; needs `pg_dump`/`pg_restore` on the worker). "
+        "`mariadb_dump`: a SQL file of the tables' rows from one consistent snapshot (MariaDB/MySQL; needs "
+        "`mariadb-dump` or `mysqldump` on the worker). "
         "`sqlite_backup`: a copy of the database file through SQLite's online backup API.")
     tables: list[str] | Literal["auto"] = Field(
         default="auto",
@@ -100,7 +102,7 @@ class BackupSpec(StrictModel):
         "SQL and the backfill targets). Tables a step creates are recorded as absent: a restore drops them.")
     location: str | None = Field(
         default=None,
-        description="Folder for `pg_dump`/`sqlite_backup` files. Default: `$AIRFLOW_MIGRATE_BACKUPS`, else "
+        description="Folder for `pg_dump`/`mariadb_dump`/`sqlite_backup` files. Default: `$AIRFLOW_MIGRATE_BACKUPS`, else "
         "`$AIRFLOW_HOME/migration_backups`. Checked for being writable, with free space for the tables, "
         "before anything is copied.")
     required: bool = Field(

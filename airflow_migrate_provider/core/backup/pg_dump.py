@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,14 +16,20 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
-from airflow_migrate_provider.core.backup.strategy import Copy, Strategy, default_location, human_size, tables_size
+from airflow_migrate_provider.core.backup.strategy import (
+    Copy,
+    Strategy,
+    default_location,
+    human_size,
+    run_client,
+    tables_size,
+)
 from airflow_migrate_provider.core.backup.tables import TableDefinition, fingerprint, quote_table, split_name
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.errors import BackupFailed, RestoreFailed
 from airflow_migrate_provider.masking import mask_text
 
 log = logging.getLogger(__name__)
-_PROGRESS_SECONDS = 5.0  # a long pg_dump logs how much it has written this often
 
 
 class PgDumpStrategy(Strategy):
@@ -66,24 +71,7 @@ class PgDumpStrategy(Strategy):
         return dsn, env
 
     def _run(self, args: list[str], env: dict[str, str], what: str, watch: Path | None = None) -> None:
-        """Run a client tool; while it runs, log every few seconds how much of ``watch`` it has written."""
-        started = time.monotonic()
-        with tempfile.TemporaryFile() as stderr:
-            proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-            while True:
-                try:
-                    proc.wait(timeout=_PROGRESS_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    if watch is not None and watch.exists():
-                        written = watch.stat().st_size
-                        log.info("backup: %s: %s written in %.0f s (%s/s)", what, human_size(written),
-                                 time.monotonic() - started,
-                                 human_size(int(written / max(time.monotonic() - started, 1e-3))))
-            stderr.seek(0)
-            err = stderr.read().decode(errors="replace").strip()
-        if proc.returncode != 0:
-            raise BackupFailed(f"{what} failed: {mask_text(err) or f'exit code {proc.returncode}'}")
+        run_client(args, env, what, watch)
 
     def create(self, engine: Engine, dialect: Dialect, backup_id: str, present: dict[str, TableDefinition],
                lock_writes: bool) -> Copy:

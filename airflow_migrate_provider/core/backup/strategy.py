@@ -3,9 +3,12 @@ transaction a consistent copy is taken in."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,6 +20,10 @@ from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
 from airflow_migrate_provider.core.backup.tables import Fingerprint, TableDefinition
 from airflow_migrate_provider.core.dialects import Dialect, dialect_of
 from airflow_migrate_provider.errors import BackupFailed
+from airflow_migrate_provider.masking import mask_text
+
+log = logging.getLogger(__name__)
+_PROGRESS_SECONDS = 5.0  # a long dump logs how much it has written this often
 
 _SPACE_MARGIN = 1.1  # free space wanted, as a multiple of the tables' size on disk
 
@@ -112,6 +119,27 @@ class Strategy(ABC):
                                f"{human_size(needed)}: free space or point backup.location elsewhere; nothing "
                                f"was changed.")
         return folder
+
+
+def run_client(args: list[str], env: dict[str, str], what: str, watch: Path | None = None) -> None:
+    """Run a database client tool (pg_dump, mariadb-dump); while it runs, log every few seconds how much of
+    ``watch`` it has written. BackupFailed (its error output masked) when it fails."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        while True:
+            try:
+                proc.wait(timeout=_PROGRESS_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if watch is not None and watch.exists():
+                    written, spent = watch.stat().st_size, time.monotonic() - started
+                    log.info("backup: %s: %s written in %.0f s (%s/s)", what, human_size(written), spent,
+                             human_size(int(written / max(spent, 1e-3))))
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace").strip()
+    if proc.returncode != 0:
+        raise BackupFailed(f"{what} failed: {mask_text(err) or f'exit code {proc.returncode}'}")
 
 
 def relation_size(conn: Connection, table: str) -> int | None:
