@@ -1,6 +1,6 @@
 """Shared helpers for the backup / restore integration tests (plain functions, no fixtures).
 
-A ``Target`` is one empty test database (PostgreSQL or SQLite) with one backup strategy and a backup folder
+A ``Target`` is one empty test database (PostgreSQL, MariaDB or SQLite) with one backup strategy and a backup folder
 under the test's tmp_path; ``STRATEGY_CASES`` lists every strategy on every dialect it supports.
 """
 
@@ -32,7 +32,15 @@ STRATEGY_CASES = [
     pytest.param(("postgresql", "pg_dump"), id="pg-pg_dump"),
     pytest.param(("sqlite", "snapshot"), id="sqlite-snapshot"),
     pytest.param(("sqlite", "sqlite_backup"), id="sqlite-sqlite_backup"),
+    pytest.param(("mariadb", "snapshot"), id="mariadb-snapshot"),
+    pytest.param(("mariadb", "mariadb_dump"), id="mariadb-mariadb_dump"),
 ]
+DATABASE_FIXTURES = {"postgresql": "pg_database", "sqlite": "sqlite_database", "mariadb": "mariadb_database"}
+
+
+def database_of(request: Any, dialect: str) -> Any:
+    """The empty test database of ``dialect`` (postgresql, sqlite, mariadb) for this test."""
+    return request.getfixturevalue(DATABASE_FIXTURES[dialect])
 
 
 def who(run: str = "run", try_number: int = 1) -> RunIdentity:
@@ -50,6 +58,10 @@ class Target:
     @property
     def pg(self) -> bool:
         return self.engine.dialect.name == "postgresql"
+
+    @property
+    def mariadb(self) -> bool:
+        return self.engine.dialect.name in ("mysql", "mariadb")
 
     def plan(self, *ups: str, strategy: str | None = None, **backup: Any) -> Plan:
         """A plan with one schema step per ``ups`` entry, backed up with this target's strategy."""
@@ -89,7 +101,7 @@ class Target:
     def try_write(self, statement: str, wait_s: float = 0.3) -> str:
         """Run ``statement`` from another session, waiting at most ``wait_s`` for locks: "written" or
         "blocked"."""
-        if self.pg:
+        if self.pg or self.mariadb:
             other = create_engine(self.db.sqlalchemy_url)
         else:
             other = create_engine(self.db.sqlalchemy_url, connect_args={"timeout": wait_s})
@@ -97,6 +109,8 @@ class Target:
             with other.begin() as conn:
                 if self.pg:
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
+                if self.mariadb:  # whole seconds only
+                    conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1, lock_wait_timeout = 1")
                 conn.exec_driver_sql(statement)
             return "written"
         except sa_exc.OperationalError as exc:
@@ -115,7 +129,7 @@ def open_target(db: Any, strategy: str, location: Path) -> Target:
 def target_of(request: Any, tmp_path: Path) -> Iterator[Target]:
     """For a fixture parametrized with STRATEGY_CASES: an empty database of the case's dialect."""
     dialect, strategy = request.param
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
+    db = database_of(request, dialect)
     t = open_target(db, strategy, tmp_path / "backups")
     try:
         yield t
@@ -132,9 +146,18 @@ def sqlite_file_rows(path: str | Path, query: str) -> list[tuple]:
 
 
 def seed_users(t: Target) -> None:
-    """``users`` with a serial key (PostgreSQL), a unique email, an index, and values of many types
-    (NULLs, unicode, numeric(10,2), timestamptz, jsonb, bytea / their SQLite counterparts)."""
-    if t.pg:
+    """``users`` with a serial key (PostgreSQL, MariaDB), a unique email, an index, and values of many types
+    (NULLs, unicode, numeric(10,2), timestamptz, jsonb, bytea / their SQLite and MariaDB counterparts)."""
+    if t.mariadb:
+        t.sql("CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(100) NOT NULL UNIQUE, "
+              "theme TEXT, balance DECIMAL(10,2), seen DATETIME(6), prefs JSON, avatar BLOB)",
+              "CREATE INDEX users_seen ON users (seen)",
+              "INSERT INTO users (email, theme, balance, seen, prefs, avatar) VALUES "
+              "('ann@x', 'dark', 1.50, '2024-03-01 08:00:00', '{\"a\": 1, \"b\": [1, 2]}', x'00ff10'), "
+              "('bob@x', NULL, NULL, NULL, NULL, NULL), "
+              "('zoë@x', 'ünïcødé ✓ 漢字', 2.00, '2024-12-31 23:59:59.123456', '{\"nested\": {\"k\": null}}', "
+              "x'')")
+    elif t.pg:
         t.sql("CREATE TABLE users (id bigserial PRIMARY KEY, email text NOT NULL UNIQUE, theme text, "
               "balance numeric(10,2), seen timestamptz, prefs jsonb, avatar bytea)",
               "CREATE INDEX users_seen ON users (seen)",

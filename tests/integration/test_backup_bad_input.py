@@ -1,7 +1,7 @@
 """Backups that cannot be made fail with BackupFailed, say what to do, and leave everything as it was: the
 application's tables (the `fingerprint` fixture), no snapshot table, no file or partial file.
 
-Covered: a location that is not writable, a disk without room, pg_dump / pg_restore missing, an explicit
+Covered: a location that is not writable, a disk without room, pg_dump / pg_restore / mariadb-dump missing, an explicit
 table that does not exist, a strategy for the other database, a statement whose table cannot be told with
 ``tables: auto``, and a table written while it is being backed up (without ``lock_writes``).
 """
@@ -14,9 +14,9 @@ from collections import namedtuple
 from contextlib import contextmanager
 
 import pytest
-from backup_it_support import STRATEGY_CASES, open_target, seed_other, seed_users
+from backup_it_support import STRATEGY_CASES, database_of, open_target, seed_other, seed_users
 
-from airflow_migrate_provider.core.backup import snapshot, strategy
+from airflow_migrate_provider.core.backup import mariadb_dump, snapshot, strategy
 from airflow_migrate_provider.core.backup.strategies import SqliteBackupStrategy
 from airflow_migrate_provider.errors import BackupFailed
 
@@ -26,8 +26,7 @@ FILE_CASES = [p for p in STRATEGY_CASES if p.values[0][1] != "snapshot"]
 
 def make_target(request, tmp_path):
     dialect, strategy = request.param
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
-    t = open_target(db, strategy, tmp_path / "backups")
+    t = open_target(database_of(request, dialect), strategy, tmp_path / "backups")
     seed_users(t)
     seed_other(t)
     return t
@@ -42,14 +41,15 @@ def target(request, tmp_path):
 
 @pytest.fixture(params=FILE_CASES)
 def file_target(request, tmp_path):
-    """The strategies that write a file: pg_dump (PostgreSQL), sqlite_backup (SQLite)."""
+    """The strategies that write a file: pg_dump (PostgreSQL), mariadb_dump (MariaDB), sqlite_backup (SQLite)."""
     t = make_target(request, tmp_path)
     yield t
     t.engine.dispose()
 
 
 @pytest.fixture(params=[pytest.param(("postgresql", "snapshot"), id="pg"),
-                        pytest.param(("sqlite", "snapshot"), id="sqlite")])
+                        pytest.param(("sqlite", "snapshot"), id="sqlite"),
+                        pytest.param(("mariadb", "snapshot"), id="mariadb")])
 def snapshot_target(request, tmp_path):
     t = make_target(request, tmp_path)
     yield t
@@ -147,6 +147,44 @@ def test_pg_dump_found_through_the_environment_variable(pg_file_target, monkeypa
     assert pg_file_target.backup(UPDATE_USERS).status == "verified"
 
 
+@pytest.fixture
+def mariadb_file_target(mariadb_database, tmp_path):
+    t = open_target(mariadb_database, "mariadb_dump", tmp_path / "backups")
+    seed_users(t)
+    yield t
+    t.engine.dispose()
+
+
+def test_mariadb_dump_not_installed(mariadb_file_target, fingerprint, monkeypatch, tmp_path):
+    empty = tmp_path / "empty_bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("AIRFLOW_MIGRATE_MARIADB_DUMP", raising=False)
+
+    error = fails(mariadb_file_target, fingerprint,
+                  r"needs the `mariadb-dump` \(or `mysqldump`\) program on the worker, and neither is on PATH")
+
+    assert "mariadb-client" in str(error) and "$AIRFLOW_MIGRATE_MARIADB_DUMP" in str(error)
+    assert mariadb_file_target.catalog() == []
+
+
+@pytest.mark.parametrize("tool", ["mariadb-dump", "mysqldump"])
+def test_mariadb_dump_found_under_either_name_or_through_the_environment_variable(mariadb_file_target, monkeypatch,
+                                                                                 tmp_path, tool):
+    found = shutil.which(tool)
+    only = tmp_path / "only_one"
+    only.mkdir()
+    (only / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(only))
+    monkeypatch.delenv("AIRFLOW_MIGRATE_MARIADB_DUMP", raising=False)
+    assert mariadb_dump.find_tool() == str(only / tool)
+    assert mariadb_file_target.backup(UPDATE_USERS).status == "verified"
+
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    monkeypatch.setenv("AIRFLOW_MIGRATE_MARIADB_DUMP", found)
+    assert mariadb_file_target.backup(UPDATE_USERS, run="again").status == "verified"
+
+
 def test_explicit_table_that_does_not_exist(target, fingerprint):
     error = fails(target, fingerprint, r"backup.tables names table\(s\) that do not exist: no_such_table\. Fix",
                   tables=["users", "no_such_table"])
@@ -158,10 +196,13 @@ def test_explicit_table_that_does_not_exist(target, fingerprint):
 @pytest.mark.parametrize(("dialect", "strategy", "needs"), [
     ("postgresql", "sqlite_backup", "needs a SQLite target, not postgresql"),
     ("sqlite", "pg_dump", "needs a PostgreSQL target, not sqlite"),
+    ("mariadb", "pg_dump", "needs a PostgreSQL target, not (mysql|mariadb)"),
+    ("mariadb", "sqlite_backup", "needs a SQLite target, not (mysql|mariadb)"),
+    ("postgresql", "mariadb_dump", "needs a MariaDB or MySQL target, not postgresql"),
+    ("sqlite", "mariadb_dump", "needs a MariaDB or MySQL target, not sqlite"),
 ])
 def test_strategy_for_the_other_database(request, tmp_path, fingerprint, dialect, strategy, needs):
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
-    t = open_target(db, strategy, tmp_path / "backups")
+    t = open_target(database_of(request, dialect), strategy, tmp_path / "backups")
     try:
         seed_users(t)
         error = fails(t, fingerprint, f"backup strategy {strategy} {needs}")

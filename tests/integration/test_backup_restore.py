@@ -125,7 +125,10 @@ def test_restore_rebuilds_a_table_whose_definition_changed(target, fingerprint, 
     seed_other(t)
     before = fingerprint(t.db)
     b = t.backup("UPDATE users SET theme = 'light'")
-    t.sql("UPDATE users SET email = 'changed@x' WHERE id = 1", *DEFINITION_CHANGES[change])
+    changes = DEFINITION_CHANGES[change]
+    if t.mariadb:  # MariaDB names the table of the index it drops
+        changes = [f"{c} ON users" if c.startswith("DROP INDEX") else c for c in changes]
+    t.sql("UPDATE users SET email = 'changed@x' WHERE id = 1", *changes)
     assert [s.structure_equal for s in compare_backup(t.engine, b)] == [False]
 
     report = restore_backup(t.engine, b)

@@ -1,5 +1,5 @@
-"""make_backup with every strategy on every dialect it supports (snapshot on PostgreSQL and SQLite, pg_dump on
-PostgreSQL, sqlite_backup on SQLite), against real databases: the manifest it records (tables, row counts,
+"""make_backup with every strategy on every dialect it supports (snapshot on PostgreSQL, SQLite and MariaDB, pg_dump
+on PostgreSQL, mariadb_dump on MariaDB, sqlite_backup on SQLite), against real databases: the manifest it records (tables, row counts,
 checksums, tables a step creates recorded as absent, size, location, duration, the run that made it), the
 copy it leaves (snapshot tables, dump or database file), one backup per run, and ``lock_writes``."""
 
@@ -20,7 +20,7 @@ from backup_it_support import (
     who,
 )
 
-from airflow_migrate_provider.core.backup import pg_dump, snapshot, sqlite_file, tables
+from airflow_migrate_provider.core.backup import mariadb_dump, pg_dump, snapshot, sqlite_file, tables
 from airflow_migrate_provider.core.backup.make import make_backup
 from airflow_migrate_provider.core.backup.restore import compare_backup, restore_backup
 from airflow_migrate_provider.core.backup.tables import fingerprint as table_fingerprint
@@ -98,6 +98,13 @@ def test_backup_records_a_verified_manifest_and_keeps_a_copy(target, fingerprint
         # only the backed-up table: not `untouched`, not the ledger
         assert archive_entries(b.location) == ["public.users"]
         assert t.snapshot_tables() == []
+    elif t.strategy == "mariadb_dump":
+        assert b.location == str(t.location / f"{b.id}.sql")
+        assert t.files() == [f"{b.id}.sql"]
+        assert Path(b.location).stat().st_size == b.size_bytes
+        inserts = [line for line in Path(b.location).read_text().splitlines() if line.startswith("INSERT INTO")]
+        assert inserts and all(line.startswith("INSERT INTO `users` ") for line in inserts)  # not `untouched`
+        assert t.snapshot_tables() == []
     else:
         assert b.location == str(t.location / f"{b.id}.sqlite")
         assert t.files() == [f"{b.id}.sqlite"]
@@ -152,7 +159,7 @@ def test_lock_writes_blocks_writers_while_the_tables_are_copied(target, monkeypa
             attempts.append(t.try_write("UPDATE users SET theme = 'concurrent' WHERE id = 1"))
         return real(conn, relation, columns)
 
-    for module in (snapshot, sqlite_file, pg_dump):
+    for module in (snapshot, sqlite_file, pg_dump, mariadb_dump):
         monkeypatch.setattr(module, "fingerprint", write_during_backup)
     b = t.backup(UPDATE_USERS, lock_writes=True)
 
@@ -216,6 +223,9 @@ def test_auto_finds_tables_named_in_any_letter_case(target, fingerprint):
 
     b = t.backup("UPDATE Users SET theme = 'light'")
 
+    if t.mariadb and t.scalar("SELECT @@lower_case_table_names") == 0:  # table names are case-sensitive there
+        assert [(m.table, m.present) for m in b.tables] == [("Users", False)]  # the step would fail: no `Users`
+        return
     assert [m.present for m in b.tables] == [True]
     assert b.tables[0].rows == 3
     t.sql("UPDATE users SET theme = 'light'")
