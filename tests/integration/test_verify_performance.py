@@ -1,4 +1,4 @@
-"""compare_performance on real SQLite and PostgreSQL: equal workloads pass, a slower target fails or warns."""
+"""compare_performance on real SQLite, PostgreSQL and MariaDB: equal workloads pass, a slower target fails or warns."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ BUSY = {
     "postgresql": "SELECT count(*) FROM generate_series(1, 300000) AS g(x) WHERE x % 7 = 0",
     "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) "
               "SELECT count(*) FROM c WHERE x % 7 = 0",
+    "mariadb": "SELECT count(*) FROM seq_1_to_300000 WHERE seq % 7 = 0",  # MariaDB's sequence engine
 }
 SERIES = {
     "postgresql": f"SELECT g, g FROM generate_series(1, {ROWS}) AS g",
     "sqlite": f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {ROWS}) SELECT x, x FROM c",
+    "mariadb": f"SELECT seq, seq FROM seq_1_to_{ROWS}",
 }
 
 

@@ -27,7 +27,11 @@ ITEMS = {
                   "ratio double precision, seen_at timestamp, meta jsonb)",
     "sqlite": "CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(40), price NUMERIC(12,2), ratio REAL, "
               "seen_at TIMESTAMP, meta JSON)",
+    "mysql": "CREATE TABLE items (id integer PRIMARY KEY, name varchar(40), price decimal(12,2), ratio double, "
+             "seen_at datetime(6), meta json)",
 }
+PAIRS = ["pg-pg", "sqlite-sqlite", "pg-sqlite", "sqlite-pg", "mariadb-mariadb", "pg-mariadb", "mariadb-pg",
+         "sqlite-mariadb"]
 
 
 @dataclass
@@ -43,7 +47,11 @@ class Pair:
 def run(engine: Engine, *statements: str) -> None:
     with engine.begin() as conn:
         for statement in statements:
-            conn.exec_driver_sql(statement.replace("%", "%%") if engine.dialect.name == "postgresql" else statement)
+            conn.exec_driver_sql(statement.replace("%", "%%") if engine.dialect.name != "sqlite" else statement)
+
+
+def concat(engine: Engine, *parts: str) -> str:
+    return f"CONCAT({', '.join(parts)})" if engine.dialect.name == "mysql" else " || ".join(parts)
 
 
 def item(i: int) -> dict:
@@ -58,9 +66,10 @@ def insert_items(engine: Engine, rows: list[dict], *, reorder_json: bool = False
     params = []
     for row in rows:
         meta_value = dict(reversed(list(row["meta"].items()))) if reorder_json else row["meta"]
+        typed = pg or engine.dialect.name == "mysql"
         params.append({**row, "meta": json.dumps(meta_value).replace("1.1", "1.10" if reorder_json else "1.1"),
-                       "seen_at": row["seen_at"] if pg else row["seen_at"].isoformat(sep=" "),
-                       "price": row["price"] if pg else str(row["price"])})
+                       "seen_at": row["seen_at"] if typed else row["seen_at"].isoformat(sep=" "),
+                       "price": row["price"] if typed else str(row["price"])})
     with engine.begin() as conn:
         conn.execute(sa.text(f"INSERT INTO items VALUES (:id, :name, :price, :ratio, :seen_at, {meta})"), params)
 
@@ -76,15 +85,25 @@ def _engine(url: str) -> Engine:
     engine = sa.create_engine(url)
     if engine.dialect.name == "postgresql":
         run(engine, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
+    if engine.dialect.name == "mysql":
+        with engine.connect() as conn:
+            tables = conn.exec_driver_sql("SELECT table_name FROM information_schema.tables "
+                                          "WHERE table_schema = DATABASE()").scalars().all()
+        run(engine, *(f"DROP TABLE `{t}`" for t in tables))
     return engine
 
 
-@pytest.fixture(params=["pg-pg", "sqlite-sqlite", "pg-sqlite", "sqlite-pg"])
+def _url(request, kind: str, index: int, tmp_path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / ('source.sqlite', 'target.sqlite')[index]}"
+    return request.getfixturevalue({"pg": "pg_urls", "mariadb": "mariadb_urls"}[kind])[index]
+
+
+@pytest.fixture(params=PAIRS)
 def pair(request, tmp_path) -> Iterator[Pair]:
     src, _, tgt = request.param.partition("-")
-    urls = request.getfixturevalue("pg_urls") if "pg" in request.param else []
-    source = _engine(urls[0] if src == "pg" else f"sqlite:///{tmp_path / 'source.sqlite'}")
-    target = _engine(urls[1] if tgt == "pg" else f"sqlite:///{tmp_path / 'target.sqlite'}")
+    source = _engine(_url(request, src, 0, tmp_path))
+    target = _engine(_url(request, tgt, 1, tmp_path))
     yield Pair(source, target)
     source.dispose()
     target.dispose()
@@ -157,7 +176,7 @@ def test_float_tolerance(pair):
 
 def test_trailing_spaces_with_trim(pair):
     fill(pair)
-    run(pair.target, "UPDATE items SET name = name || '   ' WHERE id = 9")
+    run(pair.target, f"UPDATE items SET name = {concat(pair.target, 'name', repr('   '))} WHERE id = 9")
     source, target = pair.sides()
     assert changes(data_sample(source, target, ["id"], size=ROWS, seed=3)) == [
         ("changed", 9, "name", "item 9", "item 9   ")]
@@ -210,7 +229,7 @@ def test_mapped_columns_and_composite_key(pair):
     run(pair.target, "CREATE TABLE people (country VARCHAR(2), n INTEGER, full_name TEXT, PRIMARY KEY (country, n))",
         "INSERT INTO people VALUES ('fr', 1, 'Ada L'), ('fr', 2, 'Bo M'), ('de', 1, 'Cy N')")
     sides = pair.sides("people")
-    mapping = {"full_name": "first_name || ' ' || last_name"}
+    mapping = {"full_name": concat(pair.source, "first_name", "' '", "last_name")}
     result = data_sample(*sides, key=["country", "n"], columns=mapping, size=10, seed=4)
     assert result.passed, changes(result)
     assert "1 column compared" in result.detail
