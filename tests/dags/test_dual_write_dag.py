@@ -201,3 +201,52 @@ def test_cutover_waits_deferred_for_its_window_then_switches(app_db, run_plan):
     switch = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "steps.switch_users.switch")
     assert switch.start_date >= opens
     assert_holds_every_write(writers, engine, "users")
+
+
+MARIADB_TABLES = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name "
+
+
+def mariadb_plan(plan_id: str, fault: str | None = None) -> dict[str, Any]:
+    """The same plan on MariaDB (its catalog instead of to_regclass)."""
+    plan = dual_write_plan(plan_id, fault=fault)
+    schema = plan["steps"][0]
+    schema["up"] = schema["up"].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS").replace(
+        "CREATE INDEX", "CREATE INDEX IF NOT EXISTS")  # DDL commits statement by statement: resumable
+    schema["down"] = "DROP TABLE IF EXISTS users_v2"
+    schema["verify"] = f"SELECT count(*) > 0 FROM ({MARIADB_TABLES}IN ('users_v2', 'users_old')) AS t"
+    return plan
+
+
+@pytest.fixture
+def mariadb_app_db(mariadb_database):
+    engine = create_engine(mariadb_database.sqlalchemy_url)
+    dialect_for(engine)
+    seed_users(engine)
+    yield mariadb_database, engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("fault", [None, "steps.app_healthy"], ids=["mariadb_cuts_over", "mariadb_switches_back"])
+def test_mariadb_dual_write_dag_with_live_writers_loses_nothing(mariadb_app_db, run_plan, fault):
+    """MariaDB, one database, a rename switch (RENAME TABLE in one statement): every acknowledged write is in the
+    live table after the switch, and after a failure past it switches back."""
+    db, engine = mariadb_app_db
+    dag_run, writers, _ = run_with_writers(run_plan, mariadb_plan(f"dw_dag_mariadb_{bool(fault)}", fault), db,
+                                           "Approve")
+
+    got = states(dag_run)
+    assert got["steps.switch_users.disable_old_writes"] == "success", got
+    assert_holds_every_write(writers, engine, "users")
+    assert writers.ops["key_update"] > 0 and writers.ops["delete"] > 0
+    names = sorted(n for (n,) in query(db.sqlalchemy_url, f"{MARIADB_TABLES}LIKE 'users%%'"))
+    leftovers = query(db.sqlalchemy_url, f"{MARIADB_TABLES}LIKE 'am\\_%%'")
+    if fault is None:
+        assert dag_run.state == "success" and names == ["users", "users_old"], (states(dag_run), names)
+        with pytest.raises(Exception, match="read-only"), engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM users_old WHERE id = 2")
+        assert [n for (n,) in leftovers if not n.startswith("am_ro_")] == [], leftovers  # the old table's guard
+    else:
+        assert dag_run.state == "failed" and got["rollback.revert_applied"] == "success", got
+        assert names == ["users"] and leftovers == [], (names, leftovers)
+        with engine.begin() as conn:  # the old table takes writes again
+            conn.exec_driver_sql("DELETE FROM users WHERE id = 2")
