@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import REPO, query, seed, states
+from e2e_support import MARIADB_EXAMPLE, REPO, query, seed, states
 
 from airflow_migrate_provider.demo import example_plan_path
 from airflow_migrate_provider.errors import BackupFailed
 
 pytestmark = [pytest.mark.dag, pytest.mark.timeout(300)]
 PLANS = {"sqlite": example_plan_path("add_user_preferences.yaml"),
-         "postgresql": REPO / "dags" / "plans" / "add_user_preferences.yaml"}
+         "postgresql": REPO / "dags" / "plans" / "add_user_preferences.yaml",
+         "mariadb": MARIADB_EXAMPLE}
+DATABASES = {"sqlite": "sqlite_database", "postgresql": "pg_database", "mariadb": "mariadb_database"}
 _ids = itertools.count(1)
 
 
@@ -40,13 +42,13 @@ def rollback_report(workdir: Path) -> dict:
 
 
 def database(request, dialect: str):
-    db = request.getfixturevalue("pg_database" if dialect == "postgresql" else "sqlite_database")
+    db = request.getfixturevalue(DATABASES[dialect])
     seed(db)
     return db
 
 
 STRATEGIES = [("sqlite", "sqlite_backup"), ("sqlite", "snapshot"), ("postgresql", "pg_dump"),
-              ("postgresql", "snapshot")]
+              ("postgresql", "snapshot"), ("mariadb", "mariadb_dump"), ("mariadb", "snapshot")]
 
 
 @pytest.mark.parametrize(("dialect", "strategy"), STRATEGIES)
@@ -85,7 +87,7 @@ def lossy_down(plan: dict) -> None:
                                             "theme = 'dark';\nDELETE FROM user_preferences;")
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql", "mariadb"])
 def test_lossy_down_is_caught_and_the_table_restored(dialect, request, run_plan, fingerprint, workdir):
     db = database(request, dialect)
     plan = plan_for(dialect, "snapshot")

@@ -1,6 +1,6 @@
 """``airflow-migrate backups list|prune`` and ``airflow-migrate restore``, run as a user would (through the
 console script's ``main()``, in process: the ``cli`` fixture), against backups made with ``make_backup`` in
-real SQLite and PostgreSQL targets."""
+real SQLite, PostgreSQL and MariaDB targets."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def write_plan(tmp_path: Path, strategy: str, location: Path | None = None) -> P
 def conn_arg(db) -> tuple[str, str]:
     """``app_db=URI`` for ``--conn``, with a password in the URI (the local server trusts us and ignores it),
     and the secret that must never be printed."""
-    if db.dialect == "sqlite":
+    if db.dialect in ("sqlite", "mariadb"):  # MariaDB's root has no password here and refuses one
         return f"app_db={db.airflow_uri}", SECRET  # nothing secret in it; SECRET can't appear either
     url = make_url(db.airflow_uri)
     if url.password is None:
@@ -54,7 +54,7 @@ def conn_arg(db) -> tuple[str, str]:
 
 @pytest.fixture
 def target(database):
-    """The ``database`` (SQLite, then PostgreSQL) with accounts and notes, and an engine on it."""
+    """The ``database`` (SQLite, PostgreSQL, MariaDB) with accounts and notes, and an engine on it."""
     engine = create_engine(database.sqlalchemy_url)
     dialect = dialect_for(engine)
     with engine.begin() as conn:
@@ -146,7 +146,8 @@ def test_prune_refuses_the_backup_of_the_run_holding_the_lock(target, tmp_path, 
 @pytest.mark.parametrize("strategy", ["snapshot", "file"])
 def test_restore_brings_corrupted_tables_back(target, tmp_path, fingerprint, strategy, cli):
     db, engine, _ = target
-    strategy = {"file": "sqlite_backup" if db.dialect == "sqlite" else "pg_dump"}.get(strategy, strategy)
+    files = {"sqlite": "sqlite_backup", "postgresql": "pg_dump", "mariadb": "mariadb_dump"}
+    strategy = {"file": files[db.dialect]}.get(strategy, strategy)
     plan = write_plan(tmp_path, strategy, location=tmp_path / "backups")
     conn, secret = conn_arg(db)
     before = fingerprint(db)

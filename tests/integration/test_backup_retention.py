@@ -1,4 +1,4 @@
-"""Backup retention against real SQLite and PostgreSQL: which backups a prune selects (expired, older than,
+"""Backup retention against real SQLite, PostgreSQL and MariaDB: which backups a prune selects (expired, older than,
 named), that it really removes their copies (snapshot tables, backup files) and marks them pruned, and that
 it never prunes the backup of the run holding the plan's lock."""
 
@@ -286,8 +286,8 @@ def test_backups_table_lists_each_backup(seeded):
     assert rows[b2.id]["expires (UTC)"] == "-"
 
 
-@pytest.mark.parametrize(("database", "strategy"), [("sqlite", "sqlite_backup"), ("postgresql", "pg_dump")],
-                         indirect=["database"])
+@pytest.mark.parametrize(("database", "strategy"), [("sqlite", "sqlite_backup"), ("postgresql", "pg_dump"),
+                                                    ("mariadb", "mariadb_dump")], indirect=["database"])
 def test_pruning_a_file_backup_deletes_its_file(engine, tmp_path, strategy):
     if strategy == "pg_dump" and not (shutil.which("pg_dump") and shutil.which("pg_restore")):
         pytest.skip("pg_dump/pg_restore are not installed")
@@ -309,12 +309,13 @@ def test_pruning_a_file_backup_deletes_its_file(engine, tmp_path, strategy):
         assert conn.execute(text(f"SELECT count(*) FROM {BACKUPS_TABLE}")).scalar() == 2
 
 
-@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-def test_a_copy_already_gone_is_still_marked_pruned(engine, tmp_path, caplog):
+@pytest.mark.parametrize(("database", "strategy"), [("sqlite", "sqlite_backup"), ("mariadb", "mariadb_dump")],
+                         indirect=["database"])
+def test_a_copy_already_gone_is_still_marked_pruned(engine, tmp_path, caplog, strategy):
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner VARCHAR(20), balance INTEGER)"))
         conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(50))"))
-    b1 = make(engine, "r1", backup_plan("sqlite_backup", location=tmp_path))
+    b1 = make(engine, "r1", backup_plan(strategy, location=tmp_path))
     Path(b1.location).unlink()
 
     with caplog.at_level(logging.INFO, logger=RETENTION_LOG):
