@@ -1,4 +1,4 @@
-"""run_expectations: Great Expectations suites against real PostgreSQL and SQLite tables.
+"""run_expectations: Great Expectations suites against real PostgreSQL, MariaDB and SQLite tables.
 
 GX takes seconds to import, so the tests are few and each checks several things.
 """
@@ -28,6 +28,15 @@ def _seed(engine) -> None:
 @pytest.fixture(scope="module")
 def pg_engine(pg_database_factory):
     with pg_database_factory() as db:
+        eng = create_engine(db.sqlalchemy_url)
+        _seed(eng)
+        yield eng
+        eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def mariadb_engine(mariadb_database_factory):
+    with mariadb_database_factory() as db:
         eng = create_engine(db.sqlalchemy_url)
         _seed(eng)
         yield eng
@@ -64,13 +73,15 @@ def test_module_import_does_not_import_gx():
     assert done.returncode == 0, done.stderr
 
 
-def test_failed_expectations_fail_the_check(pg_engine):
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"])
+def test_failed_expectations_fail_the_check(request, database):
+    engine = request.getfixturevalue("pg_engine" if database == "postgresql" else "mariadb_engine")
     suite = [
         {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "email"}},
         {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}},
         {"type": "expect_table_row_count_to_equal", "kwargs": {"value": 6}},
     ]
-    result = run_expectations(pg_engine, "users", suite=suite)
+    result = run_expectations(engine, "users", suite=suite)
     assert result.passed is False
     assert result.detail.startswith("1 of 3 expectations passed")
     assert result.total_differences == 2
@@ -81,6 +92,20 @@ def test_failed_expectations_fail_the_check(pg_engine):
     assert count.key == "expect_table_row_count_to_equal"
     assert "observed_value 5" in count.detail and "value=6" in count.detail
     assert result.to_json()["differences"][0]["key"] == "expect_column_values_to_not_be_null"
+
+
+def test_passing_suite_on_mariadb_with_its_database_as_schema(mariadb_engine):
+    suite = [
+        {"type": "expect_table_row_count_to_equal", "kwargs": {"value": 5}},
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "id"}},
+        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "email", "regex": "@x[.]org$"}},
+    ]
+    result = run_expectations(mariadb_engine, f"{mariadb_engine.url.database}.users", suite=suite, name="users_ok")
+    assert result.passed is True, result.differences
+    assert result.detail.startswith("3 of 3 expectations passed")
+    bad = run_expectations(mariadb_engine, "users", suite=[
+        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "email", "regex": "^a"}}])
+    assert bad.passed is False and "unexpected_count 2 of 5" in bad.differences[0].detail
 
 
 def test_suite_from_gx_json_file_on_sqlite(sqlite_engine, tmp_path):

@@ -223,13 +223,22 @@ def _difference(where: str, index: int | None, items: list[Any], result: Any) ->
         parts.append(f"observed_value {details['observed_value']!r}")
     if "unexpected_count" in details:
         total = details.get("element_count")
-        parts.append(f"unexpected_count {details['unexpected_count']}" + (f" of {total}" if total is not None else ""))
+        parts.append(f"unexpected_count {_whole(details['unexpected_count'])}"
+                     + (f" of {_whole(total)}" if total is not None else ""))
     if details.get("partial_unexpected_list"):
         parts.append(f"e.g. {details['partial_unexpected_list'][:5]!r}")
     error = _exception_message(result.exception_info)
     if error:
         parts.append(f"error: {mask_text(error)}")
     return Difference(kind="expectation", key=config.type, column=kwargs.get("column"), detail="; ".join(parts))
+
+
+def _whole(count: Any) -> Any:
+    """A count as a whole number: MySQL/MariaDB sum GX's counts into DECIMALs (2.0 rows reads 2 rows)."""
+    try:
+        return int(count) if float(count).is_integer() else count
+    except (TypeError, ValueError):
+        return count
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:
