@@ -1,4 +1,4 @@
-"""With CI=true a missing PostgreSQL fails the suite; on a laptop it skips (tests/conftest.py)."""
+"""With CI=true a missing PostgreSQL or MariaDB fails the suite; on a laptop it skips (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,16 @@ def test_missing_postgres_skips_outside_ci():
     result = _run_pg_tests("")
     assert result.returncode == 0, result.stdout[-2000:]
     assert "skipped" in result.stdout and "PostgreSQL is not reachable at 127.0.0.1:1" in result.stdout
+
+
+@pytest.mark.timeout(150)
+def test_missing_mariadb_fails_in_ci():
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env.update(CI="true", MIGRATE_TEST_MYSQL_URL="mysql://root@127.0.0.1:1/test")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", PG_TEST, "-k", "mariadb", "-q", "-p", "no:cacheprovider", "-rs"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "MariaDB is not reachable at 127.0.0.1:1" in result.stdout
+    assert "CI=true: a missing database service is a failure, not a skip" in result.stdout
