@@ -114,7 +114,12 @@ def _key_fns(job: Job) -> list[Callable[[Any], Any]]:
 
 def _instant(value: Any) -> Any:
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.strip())
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise VerifySpecError(f"key: '{value}' is not a date (a MySQL/MariaDB zero date, kept by a non-strict "
+                                  f"sql_mode?); a key must order as a timestamp on both sides: leave such rows out "
+                                  f"with a filter, or set them to real dates first") from None
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
     return datetime.combine(value, datetime.min.time()) if isinstance(value, date) else value
