@@ -201,3 +201,26 @@ def test_render_of_a_backfill_lists_its_tasks(tmp_path, cli):
     assert "splits phase 1 into 4 chunk(s)" in out
     assert "locks users against writes (max 5 s)" in out
     assert "jsonb_build_object('theme', theme, 'notifications_enabled', notifications_enabled)" in out
+
+
+def test_mariadb_run_and_status_through_a_mysql_uri(mariadb_database, tmp_path, cli):
+    """The whole CLI path on MariaDB: a `mysql://` URI (PyMySQL underneath, never printed), the example plan run
+    statement by statement, the ledger shown by status, and render marking the steps as such."""
+    seed(mariadb_database)
+    plan = write_plan(tmp_path, example_plan("mariadb"))
+    conn = f"app_db_mariadb={mariadb_database.airflow_uri}"
+
+    rendered = cli("render", str(plan), "--conn", "app_db_mariadb=mysql://app:hunter2@db.internal:3306/app")
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert "dialect mysql" in rendered.stdout and "statement by statement" in rendered.stdout
+    assert "app_db_mariadb = mysql://app:***@db.internal:3306/app" in rendered.stdout
+    assert "hunter2" not in rendered.stdout and "NOT RESUMABLE" not in rendered.stdout
+
+    result = cli("run", str(plan), "--conn", conn, "--airflow-home", str(tmp_path / "home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DAG run: success" in result.stdout
+
+    status = cli("status", str(plan), "--conn", conn)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "move_preferences" in status.stdout and "applied" in status.stdout
+    assert "lock: free" in status.stdout
