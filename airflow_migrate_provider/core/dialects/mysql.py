@@ -82,6 +82,12 @@ class MysqlDialect(Dialect):
             cursor.execute(SESSION)
             cursor.close()
 
+        if self.driver == "pymysql":
+            # the bulk copy streams LOAD DATA LOCAL INFILE: the client must allow it, however the engine was made
+            @event.listens_for(engine, "do_connect")
+            def _allow_local_infile(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+                cparams.setdefault("local_infile", True)
+
         setattr(engine, _PREPARED, True)
         engine.dispose()  # connections made before the listener existed must not be reused
 
