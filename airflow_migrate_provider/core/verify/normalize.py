@@ -110,7 +110,9 @@ def _wraps(code: str) -> bool:
     return False
 
 
-def normalize_default(default: str | None) -> str | None:
+def normalize_default(default: str | None, category: str | None = None) -> str | None:
+    """A column default made comparable: ``0.00`` and ``'0'`` are ``0``; a boolean's ``0``/``1`` (MySQL's
+    tinyint(1)) are ``false``/``true``; ``now()`` is ``current_timestamp``."""
     if default is None:
         return None
     if "nextval(" in default.lower():
@@ -119,5 +121,9 @@ def normalize_default(default: str | None) -> str | None:
     if value in ("now()", "current_timestamp()", "transaction_timestamp()"):
         return "current_timestamp"
     if re.fullmatch(r"'-?\d+(\.\d+)?'", value):
-        return value[1:-1]
+        value = value[1:-1]
+    if re.fullmatch(r"-?\d+\.\d+", value):
+        value = value.rstrip("0").rstrip(".")
+    if category == "bool" and value in ("0", "1"):
+        return "true" if value == "1" else "false"
     return value

@@ -120,12 +120,13 @@ def describe_columns(engine: Engine, table: str) -> list[ColumnInfo] | None:
         if spelled is None:
             spelled = str(col["type"].compile(dialect=engine.dialect))
         type_name = normalize_type(spelled)
-        default = normalize_default(col.get("default"))
+        category = type_category(type_name, col["type"])
+        default = normalize_default(col.get("default"), category)
         rowid_alias = dialect.is_rowid_alias(pk, col["name"], spelled)
-        if col.get("identity") or rowid_alias:
+        if col.get("identity") or rowid_alias or col.get("autoincrement") is True:  # MySQL: AUTO_INCREMENT
             default = "sequence"
-        columns.append(ColumnInfo(col["name"], type_name, type_category(type_name, col["type"]),
-                                  bool(col["nullable"]) and col["name"] not in pk, default))
+        columns.append(ColumnInfo(col["name"], type_name, category, bool(col["nullable"]) and col["name"] not in pk,
+                                  default))
     return columns
 
 
