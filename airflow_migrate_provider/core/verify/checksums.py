@@ -3,9 +3,10 @@
 1. The key space is cut into segments: arithmetic on min/max for a single integer key, quantile keys
    otherwise. Each side reports ``count(*)`` and an order-independent sum of row hashes per segment, in ONE
    grouped query per side, both sides at once (two threads).
-2. PostgreSQL ↔ PostgreSQL hashes in SQL: the sum of a 64-bit hash per row (``hash_record_extended`` of the
-   normalized columns, hashed again); each column is normalized per its ColumnRule, in a form whose hash covers
-   all of the value and which both sides share. A normalization is used only where it never makes equal two
+2. PostgreSQL ↔ PostgreSQL and MySQL/MariaDB ↔ MySQL/MariaDB hash in SQL: the sum of a 64-bit hash per row
+   (``hash_record_extended`` of the normalized columns, hashed again; MD5 of their hex texts on MySQL/MariaDB);
+   each column is normalized per its ColumnRule, in a form whose hash covers all of the value and which both
+   sides share. A normalization is used only where it never makes equal two
    values that ``values_equal`` tells apart (a finer one only costs a drill-down). Other pairs of databases,
    and columns SQL cannot normalize so, hash in Python (``values.canonical`` per value, rows streamed).
 3. Differing segments are split k ways (one grouped query per side and level; index range scans) until a
@@ -13,8 +14,9 @@
 4. The rows of those ranges are streamed from both sides in key order and merged: a key on one side only is
    missing/extra; a matched row is compared per column with ``values_equal`` (exact, e.g. a float epsilon).
 
-Keys sort alike everywhere: text in byte order (``COLLATE "C"`` on PostgreSQL, ``BINARY`` on SQLite, Python's
-``str`` order), timestamps as UTC instants. Memory stays flat. Tables should not change meanwhile.
+Keys sort alike everywhere: text in byte order (``COLLATE "C"`` on PostgreSQL, ``BINARY`` on SQLite, as bytes on
+MySQL/MariaDB whatever the collation, Python's ``str`` order), timestamps as UTC instants. Memory stays flat.
+Tables should not change meanwhile.
 """
 
 
