@@ -102,9 +102,9 @@ class BackupSpec(StrictModel):
         "SQL and the backfill targets). Tables a step creates are recorded as absent: a restore drops them.")
     location: str | None = Field(
         default=None,
-        description="Folder for `pg_dump`/`mariadb_dump`/`sqlite_backup` files. Default: `$AIRFLOW_MIGRATE_BACKUPS`, else "
-        "`$AIRFLOW_HOME/migration_backups`. Checked for being writable, with free space for the tables, "
-        "before anything is copied.")
+        description="Folder for `pg_dump`/`mariadb_dump`/`sqlite_backup` files. Default: "
+        "`$AIRFLOW_MIGRATE_BACKUPS`, else `$AIRFLOW_HOME/migration_backups`. Checked for being writable, with "
+        "free space for the tables, before anything is copied.")
     required: bool = Field(
         default=True,
         description="Refuse to run a data-changing step of the run unless this run's backup was made and "

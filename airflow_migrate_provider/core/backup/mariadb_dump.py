@@ -39,7 +39,7 @@ TOOL_VARIABLE = "AIRFLOW_MIGRATE_MARIADB_DUMP"
 _CLIENT_OPTIONS = {"unix_socket": "socket", "ssl_ca": "ssl-ca", "ssl_cert": "ssl-cert", "ssl_key": "ssl-key",
                    "connect_timeout": "connect-timeout"}
 _DUMP_OPTIONS = ("--single-transaction", "--no-create-info", "--skip-triggers", "--complete-insert", "--hex-blob",
-                 "--skip-comments", "--skip-add-locks", "--skip-disable-keys", "--tz-utc",
+                 "--skip-comments", "--skip-add-locks", "--skip-disable-keys", "--no-tablespaces", "--tz-utc",
                  "--default-character-set=utf8mb4")
 _INSERT = re.compile(rb"^INSERT INTO (`(?:[^`]|``)+`) ")
 

@@ -20,11 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
+from airflow_migrate_provider.core.backup.staged_restore import restore_staged
 from airflow_migrate_provider.core.backup.strategies import Strategy, strategy_named
+from airflow_migrate_provider.core.backup.sync import TableState, compare, insert_all, set_action, synchronise
 from airflow_migrate_provider.core.backup.tables import (
-    TableDefinition,
-    definition,
-    fingerprint,
     quote_table,
     split_name,
     table_exists,
@@ -34,18 +33,6 @@ from airflow_migrate_provider.core.summary import format_table
 from airflow_migrate_provider.errors import RestoreFailed, db_error_line
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TableState:
-    """One table compared with the backup's manifest."""
-
-    table: str
-    expected: str
-    actual: str
-    equal: bool
-    structure_equal: bool = True
-    action: str = ""
 
 
 @dataclass
@@ -65,38 +52,6 @@ class RestoreReport:
     def table(self) -> str:
         rows = [[t.table, t.expected, t.actual, t.action or "-", "yes" if t.equal else "NO"] for t in self.tables]
         return format_table(["table", "before the run (backup)", "now", "restore", "equal"], rows)
-
-
-def _expected(manifest: TableManifest) -> str:
-    return str(manifest.fingerprint) if manifest.present else "absent"
-
-
-def compare(conn: Connection, backup: Backup, only: set[str] | None = None) -> list[TableState]:
-    """Each manifest table (or each of ``only``) now versus when it was backed up: definition, row count and
-    checksum."""
-    states = []
-    for manifest in backup.tables:
-        if only is not None and manifest.table not in only:
-            continue
-        exists = table_exists(conn, manifest.table)
-        if not manifest.present:
-            states.append(TableState(manifest.table, "absent", "exists" if exists else "absent", not exists,
-                                     structure_equal=not exists))
-            continue
-        if not exists:
-            states.append(TableState(manifest.table, _expected(manifest), "missing", False, structure_equal=False))
-            continue
-        live = definition(conn, manifest.table)
-        same_structure = live.structure == manifest.structure
-        expected_cols = manifest.table_definition.insertable
-        if not set(expected_cols) <= {c.name for c in live.columns}:
-            states.append(TableState(manifest.table, _expected(manifest), "columns differ", False, False))
-            continue
-        now = fingerprint(conn, quote_table(conn, manifest.table), expected_cols)
-        actual = str(now) + ("" if same_structure else "; definition differs")
-        states.append(TableState(manifest.table, _expected(manifest), actual,
-                                 same_structure and now == manifest.fingerprint, same_structure))
-    return states
 
 
 def compare_backup(engine: Engine, backup: Backup) -> list[TableState]:
@@ -163,8 +118,6 @@ def _restore_todo(conn: Connection, dialect: Dialect, strategy: Strategy, backup
     transaction where DDL is transactional; else staged: the live tables change only once everything is checked
     (staged_restore.py)."""
     if not dialect.transactional_ddl:
-        from airflow_migrate_provider.core.backup.staged_restore import restore_staged  # it imports this module
-
         return restore_staged(conn, dialect, strategy, backup, todo)
     _restore(conn, dialect, strategy, backup, todo)
     dialect.check_restored_foreign_keys(conn)
@@ -191,66 +144,14 @@ def _restore(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Bac
     sync = [manifests[s.table] for s in todo if manifests[s.table].present and s.structure_equal]
     for manifest in drop:
         conn.execute(text(f"DROP TABLE IF EXISTS {quote_table(conn, manifest.table)}{dialect.drop_cascade}"))
-        _set_action(todo, manifest.table, "dropped")
+        set_action(todo, manifest.table, "dropped")
     with strategy.relations(conn, backup, rebuild + sync) as sources:
         if rebuild:
             _rebuild(conn, dialect, rebuild, sources)
             for manifest in rebuild:
-                _set_action(todo, manifest.table, "rebuilt")
+                set_action(todo, manifest.table, "rebuilt")
         restoring = {quote_table(conn, m.table) for m in [*drop, *rebuild, *sync]}
         synchronise(conn, dialect, sync, sources, restoring, todo)
-
-
-def synchronise(conn: Connection, dialect: Dialect, sync: list[TableManifest], sources: dict[str, str],
-                restoring: set[str], todo: list[TableState]) -> None:
-    """Bring the rows of tables whose definition matches back to the backup's, by primary key: the rows the
-    backup lacks deleted (children first), changed rows updated and missing rows inserted (parents first)."""
-    ordered = _dependency_order(sync)
-    diffs: dict[str, str | None] = {}
-    for index, manifest in enumerate(reversed(ordered)):
-        source, definition_ = sources[manifest.table], manifest.table_definition
-        dialect.refuse_cascades(conn, manifest.table, definition_, source, restoring)
-        diffs[manifest.table] = dialect.diff_keys(conn, manifest.table, definition_, source, index)
-        _delete_extra(conn, dialect, manifest, source, diffs[manifest.table])
-    for manifest in ordered:
-        _update_and_insert(conn, dialect, manifest, sources[manifest.table], diffs.get(manifest.table))
-        _set_action(todo, manifest.table, "synchronised")
-
-
-def _set_action(states: list[TableState], table: str, action: str) -> None:
-    for state in states:
-        if state.table == table:
-            state.action = action
-
-
-def _dependency_order(manifests: list[TableManifest]) -> list[TableManifest]:
-    """Referenced tables before the tables whose foreign keys point at them."""
-    by_name = {split_name(m.table)[1]: m for m in manifests}
-    done: list[TableManifest] = []
-
-    def visit(manifest: TableManifest, path: tuple[str, ...]) -> None:
-        if manifest in done or manifest.table in path:
-            return
-        for ref in manifest.table_definition.references:
-            parent = by_name.get(split_name(ref.replace('"', ""))[1])
-            if parent is not None and parent is not manifest:
-                visit(parent, (*path, manifest.table))
-        done.append(manifest)
-
-    for manifest in manifests:
-        visit(manifest, ())
-    return done
-
-
-def _cols(conn: Connection, names: list[str], prefix: str = "") -> str:
-    prep = conn.dialect.identifier_preparer
-    return ", ".join(f"{prefix}{prep.quote_identifier(n)}" for n in names)
-
-
-def _insert_all(conn: Connection, dialect: Dialect, table: str, columns: list[str], source: str) -> None:
-    cols = _cols(conn, columns)
-    conn.execute(text(f"INSERT INTO {quote_table(conn, table)} ({cols}){dialect.insert_overriding} "
-                      f"SELECT {cols} FROM {source}"))
 
 
 def _rebuild(conn: Connection, dialect: Dialect, manifests: list[TableManifest], sources: dict[str, str]) -> None:
@@ -275,7 +176,7 @@ def _rebuild(conn: Connection, dialect: Dialect, manifests: list[TableManifest],
         table_ddl, constraints = definition_.create[:1], definition_.create[1:]
         for ddl in table_ddl:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
-        _insert_all(conn, dialect, manifest.table, definition_.insertable, sources[manifest.table])
+        insert_all(conn, dialect, manifest.table, definition_.insertable, sources[manifest.table])
         dialect.after_fill(conn, manifest.table, state)
         for ddl in [*constraints, *definition_.indexes]:
             conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
@@ -286,66 +187,6 @@ def _rebuild(conn: Connection, dialect: Dialect, manifests: list[TableManifest],
         dialect.after_constraints(conn, manifest.table, manifest.table_definition)
     for ddl in external_fks:
         conn.exec_driver_sql(ddl, execution_options={"no_parameters": True})
-
-
-def _delete_extra(conn: Connection, dialect: Dialect, manifest: TableManifest, source: str,
-                  diff: str | None = None) -> None:
-    definition_ = manifest.table_definition
-    qt = quote_table(conn, manifest.table)
-    if not definition_.primary_key:
-        conn.execute(text(f"DELETE FROM {qt}"))
-        return
-    if diff is not None:
-        deleted = conn.execute(text(dialect.delete_diff_sql(qt, diff, _key_match(conn, definition_, qt, 'd'))))
-        log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
-        return
-    match = _key_match(conn, definition_, qt, "b")  # where the dialect found no differing keys
-    deleted = conn.execute(text(f"DELETE FROM {qt} WHERE NOT EXISTS (SELECT 1 FROM {source} AS b WHERE {match})"))
-    log.info("restore: %s: deleted %d row(s) the backup does not have", manifest.table, deleted.rowcount)
-
-
-def _key_match(conn: Connection, definition_: TableDefinition, left: str, right: str) -> str:
-    prep = conn.dialect.identifier_preparer
-    return " AND ".join(f"{left}.{prep.quote_identifier(k)} = {right}.{prep.quote_identifier(k)}"
-                        for k in definition_.primary_key)
-
-
-def _update_and_insert(conn: Connection, dialect: Dialect, manifest: TableManifest, source: str,
-                       diff: str | None = None) -> None:
-    definition_ = manifest.table_definition
-    qt = quote_table(conn, manifest.table)
-    columns = definition_.insertable
-    if not definition_.primary_key:
-        _insert_all(conn, dialect, manifest.table, columns, source)
-        return
-    prep = conn.dialect.identifier_preparer
-    values = [c for c in columns if c not in definition_.primary_key]
-    bare = prep.quote_identifier(split_name(manifest.table)[1])
-    if diff is not None:  # only the keys the dialect's diff_keys found
-        if values:
-            updated = conn.execute(text(dialect.update_diff_sql(
-                qt, [prep.quote_identifier(c) for c in values], source, diff,
-                _key_match(conn, definition_, bare, 'd'), _key_match(conn, definition_, 'b', 'd'))))
-            log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
-                     updated.rowcount)
-        inserted = conn.execute(text(
-            f"INSERT INTO {qt} ({_cols(conn, columns)}){dialect.insert_overriding} SELECT {_cols(conn, columns, 'b.')} "
-            f"FROM {source} AS b JOIN {diff} AS d ON {_key_match(conn, definition_, 'b', 'd')} WHERE d.missing"))
-        log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
-        return
-    # where the dialect finds no differing keys (SQLite): statements that compare every row
-    if values:
-        differs = " OR ".join(f"{bare}.{prep.quote_identifier(c)} IS NOT b.{prep.quote_identifier(c)}"
-                              for c in values)
-        sets = ", ".join(f"{prep.quote_identifier(c)} = b.{prep.quote_identifier(c)}" for c in values)
-        updated = conn.execute(text(f"UPDATE {qt} SET {sets} FROM {source} AS b "
-                                    f"WHERE {_key_match(conn, definition_, bare, 'b')} AND ({differs})"))
-        log.info("restore: %s: put back the backed-up values of %d changed row(s)", manifest.table,
-                 updated.rowcount)
-    inserted = conn.execute(text(
-        f"INSERT INTO {qt} ({_cols(conn, columns)}) SELECT {_cols(conn, columns, 'b.')} FROM {source} AS b "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {qt} AS live WHERE {_key_match(conn, definition_, 'live', 'b')})"))
-    log.info("restore: %s: re-inserted %d row(s) missing since the backup", manifest.table, inserted.rowcount)
 
 
 __all__ = ["RestoreReport", "TableState", "compare", "compare_backup", "restore_backup"]

@@ -21,8 +21,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
-from airflow_migrate_provider.core.backup.restore import TableState, compare, synchronise
 from airflow_migrate_provider.core.backup.strategy import Strategy
+from airflow_migrate_provider.core.backup.sync import TableState, compare, set_action, synchronise
 from airflow_migrate_provider.core.backup.tables import fingerprint, quote_table, split_name, table_exists
 from airflow_migrate_provider.core.dialects import Dialect
 from airflow_migrate_provider.core.dialects.types import RawForeignKey
@@ -57,17 +57,11 @@ def restore_staged(conn: Connection, dialect: Dialect, strategy: Strategy, backu
             raise
     parked = _swap(conn, dialect, rebuild, drop, staged)
     for manifest in rebuild:
-        _set_action(todo, manifest.table, "rebuilt")
+        set_action(todo, manifest.table, "rebuilt")
     for manifest in drop:
-        _set_action(todo, manifest.table, "dropped")
+        set_action(todo, manifest.table, "dropped")
     _finish(conn, dialect, backup, rebuild, parked)
     return compare(conn, backup, only={s.table for s in todo})
-
-
-def _set_action(states: list[TableState], table: str, action: str) -> None:
-    for state in states:
-        if state.table == table:
-            state.action = action
 
 
 def _beside(table: str, name: str) -> str:
