@@ -1,7 +1,7 @@
 """make_backup with every strategy on every dialect it supports (snapshot on PostgreSQL, SQLite and MariaDB, pg_dump
-on PostgreSQL, mariadb_dump on MariaDB, sqlite_backup on SQLite), against real databases: the manifest it records (tables, row counts,
-checksums, tables a step creates recorded as absent, size, location, duration, the run that made it), the
-copy it leaves (snapshot tables, dump or database file), one backup per run, and ``lock_writes``."""
+on PostgreSQL, mariadb_dump on MariaDB, sqlite_backup on SQLite), against real databases: the manifest it records
+(tables, row counts, checksums, tables a step creates recorded as absent, size, location, duration, the run that
+made it), the copy it leaves (snapshot tables, dump or database file), one backup per run, and ``lock_writes``."""
 
 from __future__ import annotations
 
