@@ -247,3 +247,35 @@ def test_mariadb_lock_keeper_holds_presence_and_releases_it(engine):
     with LockKeeper(ledger, lease, 60):
         assert ledger.holder_present() is True
     assert ledger.holder_present() is False
+
+
+@pytest.mark.parametrize("database", ["mariadb", "postgresql"], indirect=True)
+def test_write_lock_blocks_updates_inserts_and_deletes_but_not_reads(engine):
+    """Dialect.write_lock (the final sync's and the cutover's lock): on MariaDB a locking read over a secondary index
+    would let an update of another column through; every kind of write must wait, while reads go on."""
+    from airflow_migrate_provider.core.dialects import dialect_for
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE lk (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER)")
+        conn.exec_driver_sql("CREATE INDEX ix_lk_a ON lk (a)")
+        conn.exec_driver_sql("INSERT INTO lk VALUES (1, 1, 1), (2, 2, 2), (3, 3, 3)")
+    writes = {"update": "UPDATE lk SET b = 9 WHERE id = 2", "insert": "INSERT INTO lk VALUES (10, 10, 10)",
+              "delete": "DELETE FROM lk WHERE id = 1"}
+    done: dict[str, str] = {}
+
+    def write(name: str) -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(writes[name])
+        done[name] = "written"
+
+    with dialect_for(engine).write_lock(engine, ["lk"], 5):
+        threads = [threading.Thread(target=write, args=(name,)) for name in writes]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        assert done == {}  # every writer waits for the lock
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM lk").scalar() == 3  # readers do not
+    for thread in threads:
+        thread.join(timeout=30)
+    assert done == dict.fromkeys(writes, "written")  # and all of them go through once it is released

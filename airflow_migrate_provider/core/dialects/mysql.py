@@ -117,11 +117,13 @@ class MysqlDialect(Dialect):
                                  f"lock_wait_timeout = {int(before[1])}")
 
     def _lock_tables(self, conn: Connection, quoted_tables: list[str], timeout_s: float) -> None:
-        # A locking read of every row takes shared next-key locks on the whole index, up to its end: other sessions
-        # can neither insert, update nor delete, while plain reads (consistent snapshots) go on. LOCK TABLES would
-        # block writes too, but it ends the transaction and confines the session to the tables it names.
+        # A locking read of every row takes shared next-key locks on the whole clustered index, up to its end: other
+        # sessions can neither insert, update nor delete, while plain reads (consistent snapshots) go on. USE INDEX ()
+        # makes it scan the clustered index: COUNT(*) would pick a small secondary index, whose locks do not stop an
+        # update of other columns. LOCK TABLES would block writes too, but it ends the transaction and confines the
+        # session to the tables it names.
         for table in quoted_tables:
-            conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} LOCK IN SHARE MODE")
+            conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table} USE INDEX () LOCK IN SHARE MODE")
 
     @contextmanager
     def presence_lock(self, engine: Engine, name: str) -> Iterator[bool]:
