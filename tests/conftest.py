@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from unittest.mock import patch
@@ -180,26 +180,34 @@ def _sqlalchemy_pg(url: str) -> str:
 
 
 @contextmanager
-def new_pg_database(server_url: str) -> Iterator[TestDatabase]:
-    """Create a uniquely named, empty PostgreSQL database on ``server_url``; drop it afterwards."""
+def _new_database(server_url: str, dialect: str, label: str, to_sqlalchemy: Callable[[str], str],
+                  create: str, drop: str) -> Iterator[TestDatabase]:
+    """Create a uniquely named, empty database on ``server_url`` (``create``/``drop``: statements with ``{name}``);
+    drop it afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"migtest_{WORKER}_{uuid.uuid4().hex[:12]}".lower()
-    admin = create_engine(_sqlalchemy_pg(server_url), isolation_level="AUTOCOMMIT")
+    admin = create_engine(to_sqlalchemy(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(create.format(name=name)))
     except Exception as exc:  # server up but refusing us
         admin.dispose()
-        _missing_service(f"cannot create a PostgreSQL test database: {exc}")
+        _missing_service(f"cannot create a {label} test database: {exc}")
     airflow_uri = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield TestDatabase("postgresql", _sqlalchemy_pg(airflow_uri), airflow_uri)
+        yield TestDatabase(dialect, to_sqlalchemy(airflow_uri), airflow_uri)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(drop.format(name=name)))
         admin.dispose()
+
+
+def new_pg_database(server_url: str) -> AbstractContextManager[TestDatabase]:
+    """A uniquely named, empty PostgreSQL database on ``server_url``, dropped afterwards."""
+    return _new_database(server_url, "postgresql", "PostgreSQL", _sqlalchemy_pg, 'CREATE DATABASE "{name}"',
+                         'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -237,27 +245,10 @@ def _sqlalchemy_mysql(url: str) -> str:
                       ).render_as_string(hide_password=False)
 
 
-@contextmanager
-def new_mysql_database(server_url: str) -> Iterator[TestDatabase]:
-    """Create a uniquely named, empty MariaDB database on ``server_url``; drop it afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"migtest_{WORKER}_{uuid.uuid4().hex[:12]}".lower()
-    admin = create_engine(_sqlalchemy_mysql(server_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except Exception as exc:  # server up but refusing us
-        admin.dispose()
-        _missing_service(f"cannot create a MariaDB test database: {exc}")
-    airflow_uri = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield TestDatabase("mariadb", _sqlalchemy_mysql(airflow_uri), airflow_uri)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        admin.dispose()
+def new_mysql_database(server_url: str) -> AbstractContextManager[TestDatabase]:
+    """A uniquely named, empty MariaDB database on ``server_url``, dropped afterwards."""
+    return _new_database(server_url, "mariadb", "MariaDB", _sqlalchemy_mysql,
+                         "CREATE DATABASE `{name}` CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture
