@@ -285,7 +285,8 @@ def test_copy_is_exact_verified_idempotent_and_rolled_back(seeded):
     # spot checks a user would make by hand
     ist = next(u for u in users if u["created_at"] is not None and u["created_at"].utcoffset() == IST.utcoffset(None))
     got = fetch(pair.target, "SELECT created_at FROM users_v2 WHERE id = :i", {"i": ist["id"]})[0][0]
-    assert instant(got, is_mysql(pair.tgt_dialect)) == ist["created_at"].astimezone(timezone.utc)  # 10:00+05:30 is 04:30 UTC
+    # 10:00+05:30 is 04:30 UTC
+    assert instant(got, is_mysql(pair.tgt_dialect)) == ist["created_at"].astimezone(timezone.utc)
     if pair.tgt_dialect == "postgresql":
         assert fetch(pair.target, "SELECT payload->>'big', payload->'nested'->'a'->>1 FROM users_v2 "
                                   "WHERE id = :i", {"i": users[1]["id"]}) == [(str(BIG), "2.50")]

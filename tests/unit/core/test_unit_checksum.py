@@ -175,8 +175,8 @@ def test_sqlite_trigger_body_stays_one_statement() -> None:
     sql = ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END;\n"
            "SELECT 1;")
     actions = actions_for(make_step(up=sql), dialect_named("sqlite"))
-    assert actions.statements("do") == ["CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END",
-                          "SELECT 1"]
+    assert actions.statements("do") == [
+        "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; UPDATE t SET a = 2; END", "SELECT 1"]
 
 
 def test_empty_statements_are_dropped() -> None:
