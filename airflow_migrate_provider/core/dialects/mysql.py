@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.mysql import DATETIME
 from sqlalchemy.engine import Connection, Engine
@@ -24,7 +24,14 @@ from airflow_migrate_provider.core.dialects import (
     mysql_resume,
 )
 from airflow_migrate_provider.core.dialects.base import Dialect
-from airflow_migrate_provider.core.dialects.types import RawForeignKey, ResumeHazard, TableDefinition, TypeInfo
+from airflow_migrate_provider.core.dialects.types import (
+    RawForeignKey,
+    RawIndex,
+    ResumeHazard,
+    TableDefinition,
+    TypeInfo,
+    split_name,
+)
 
 _PREPARED = "_airflow_migrate_prepared"
 # lock wait timeout, deadlock, too many connections, server shutdown, can't connect, gone away, lost connection,
@@ -180,6 +187,13 @@ class MysqlDialect(Dialect):
         tconn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} LIKE {table}", {})
 
     # -- catalog -------------------------------------------------------------------------------------
+    def indexes(self, engine: Engine, table: str) -> list[RawIndex]:
+        # a UNIQUE key is the unique constraint itself (reflection lists it twice): it is compared as a constraint,
+        # as PostgreSQL's and SQLite's UNIQUE are
+        schema, name = split_name(table)
+        backing = {u.get("duplicates_index") for u in inspect(engine).get_unique_constraints(name, schema=schema)}
+        return [index for index in super().indexes(engine, table) if index.name not in backing]
+
     def relation_size(self, conn: Connection, table: str) -> int | None:
         schema, _, name = table.rpartition(".")
         row = conn.exec_driver_sql(
