@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from airflow_migrate_provider.connections import uri_problem
 from airflow_migrate_provider.core.dialects import Dialect, dialect_for, own_connection_url
 from airflow_migrate_provider.errors import ConnectionUnavailable
+from airflow_migrate_provider.local_run import connection_env_name
 
 
 class MigrationHook(BaseHook):
@@ -28,12 +32,13 @@ class MigrationHook(BaseHook):
         self.conn_id = conn_id
 
     def get_engine(self) -> Engine:
+        self._check_environment_uri()
         try:
             connection = self.get_connection(self.conn_id)
         except AirflowNotFoundException:
             raise ConnectionUnavailable(
                 f"Airflow connection '{self.conn_id}' is not defined: create it (Admin → Connections, "
-                f"`airflow connections add`, or an AIRFLOW_CONN_{self.conn_id.upper()} variable)",
+                f"`airflow connections add`, or an {connection_env_name(self.conn_id)} variable)",
                 transient=False,
             ) from None
         url = own_connection_url(connection.conn_type, connection.host, connection.port, connection.login,
@@ -55,6 +60,18 @@ class MigrationHook(BaseHook):
                 transient=False,
             )
         return db_hook.get_sqlalchemy_engine()
+
+    def _check_environment_uri(self) -> None:
+        """A malformed URI in ``AIRFLOW_CONN_<ID>`` is reported as such (Airflow would call the connection "not
+        defined", or read ``user:pass@host`` as a connection of type ``user``); the password is never quoted."""
+        variable = connection_env_name(self.conn_id)
+        uri = os.environ.get(variable)
+        if uri is None or uri.lstrip().startswith("{"):  # unset, or Airflow's JSON form
+            return
+        problem = uri_problem(uri)
+        if problem:
+            raise ConnectionUnavailable(f"Airflow connection '{self.conn_id}': the URI in {variable} {problem}",
+                                        transient=False)
 
     def get_engine_and_dialect(self, field: str = "connections.target") -> tuple[Engine, Dialect]:
         """The engine and its dialect adapter; an unsupported database names ``field`` and the connection."""

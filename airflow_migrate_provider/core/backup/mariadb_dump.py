@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
+from airflow_migrate_provider.core.backup.client_env import base_environment
 from airflow_migrate_provider.core.backup.strategy import (
     Copy,
     Strategy,
@@ -74,8 +75,9 @@ def option_file_text(url: URL) -> str:
 
 
 def child_environment() -> dict[str, str]:
-    """All the tool needs from our environment: where programs are (no credentials, no MYSQL_* settings)."""
-    return {"PATH": os.environ.get("PATH", os.defpath)}
+    """All the tool needs from our environment: where programs are, the locale and time zone (no credentials,
+    no MYSQL_* settings: the option file is the only one it reads)."""
+    return base_environment()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
+from airflow_migrate_provider.core.backup.client_env import libpq_environment, pg_passfile
 from airflow_migrate_provider.core.backup.strategy import (
     Copy,
     Strategy,
@@ -59,16 +60,16 @@ class PgDumpStrategy(Strategy):
         self._check_folder(tables_size(engine, present))
 
     @staticmethod
-    def _libpq(engine: Engine) -> tuple[str, dict[str, str]]:
-        """A connection string without the password, and the environment carrying it."""
+    @contextmanager
+    def _libpq(engine: Engine) -> Iterator[tuple[str, dict[str, str]]]:
+        """A connection string without the password, and the minimal environment of the tool: the password is
+        in a private password file (``client_env``) that exists until the block ends."""
         url = engine.url
         parts = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
         parts.update({k: v for k, v in url.query.items() if isinstance(v, str)})
         dsn = " ".join(f"{k}='{_conninfo_value(v)}'" for k, v in parts.items() if v is not None)
-        env = {**os.environ}
-        if url.password:
-            env["PGPASSWORD"] = str(url.password)
-        return dsn, env
+        with pg_passfile(str(url.password) if url.password else None) as passfile:
+            yield dsn, libpq_environment(passfile)
 
     def _run(self, args: list[str], env: dict[str, str], what: str, watch: Path | None = None) -> None:
         run_client(args, env, what, watch)
@@ -76,7 +77,6 @@ class PgDumpStrategy(Strategy):
     def create(self, engine: Engine, dialect: Dialect, backup_id: str, present: dict[str, TableDefinition],
                lock_writes: bool) -> Copy:
         path = Path(self.describe_location(backup_id))
-        dsn, env = self._libpq(engine)
         copy = Copy()
         if not present:  # every table is one a step creates: no file (pg_dump without -t dumps the whole database)
             copy.size_bytes = 0
@@ -84,7 +84,7 @@ class PgDumpStrategy(Strategy):
         started = time.monotonic()
         try:
             # the exported snapshot lives as long as this transaction
-            with engine.connect() as plain, dialect.write_lock(
+            with self._libpq(engine) as (dsn, env), engine.connect() as plain, dialect.write_lock(
                     plain.execution_options(isolation_level="REPEATABLE READ"),
                     list(present) if lock_writes else [], 30) as conn:
                 snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar()
@@ -130,8 +130,10 @@ class PgDumpStrategy(Strategy):
         return staged
 
     def _load(self, conn: Connection, location: str, table: str, into: str) -> None:
-        """Stream the table's COPY block of ``pg_restore --data-only`` into ``into``."""
-        _, env = self._libpq(conn.engine)
+        """Stream the table's COPY block of ``pg_restore --data-only`` into ``into``. Reading an archive needs no
+        connection: the tool gets no credentials."""
+        env = libpq_environment(None)
+        env.pop("PGPASSWORD", None)
         schema, name = split_name(table)
         args = [self.tool("pg_restore"), "--data-only", "--file=-", f"--table={name}",
                 *([f"--schema={schema}"] if schema else []), location]
