@@ -16,17 +16,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Turn YAML migration plans into Airflow DAGs and run them safely.")
 
 ConnOption = Annotated[list[str], typer.Option(
-    "--conn", help="CONN_ID=URI for a connection the plan names (repeatable). The URI is never printed.")]
+    "--conn", metavar="ID=env:VAR|ID=URI",
+    help="A connection the plan names (repeatable): ID=env:VAR reads the URI from environment variable VAR "
+         "(keeps the password off the command line, where `ps` shows it); ID=URI gives it inline. AIRFLOW_CONN_<ID> "
+         "variables work too. The password is never printed.")]
+ConnFileOption = Annotated[Path | None, typer.Option(
+    "--conn-file", metavar="FILE",
+    help="Connections from a private file (chmod 600): ID=URI lines, or a JSON/YAML map of id to URI. --conn "
+         "wins over it.")]
 
 
-def _parse_conns(values: list[str]) -> dict[str, str]:
-    connections = {}
-    for value in values:
-        conn_id, sep, uri = value.partition("=")
-        if not sep or not conn_id or not uri:
-            _fail(f"--conn expects CONN_ID=URI, got '{conn_id}...'", code=2)
-        connections[conn_id] = uri
-    return connections
+def _parse_conns(values: list[str], conn_file: Path | None = None) -> dict[str, str]:
+    """--conn-file, then --conn (ID=URI or ID=env:VAR), each URI checked (connections.ConnectionOptionError)."""
+    from airflow_migrate_provider.connections import gather
+
+    return gather(values, conn_file, lambda line: typer.echo(f"warning: {line}", err=True))
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -72,17 +76,17 @@ def render(plan: Path,
            dialect: Annotated[str | None, typer.Option(help="postgresql, mariadb, mysql or sqlite (default: from "
                                                             "the target's "
                                                             "--conn URI, else postgresql)")] = None,
-           conn: ConnOption = []) -> None:  # noqa: B006 - typer reads the default
+           conn: ConnOption = [], conn_file: ConnFileOption = None) -> None:  # noqa: B006 - typer reads the default
     """Print the task graph by TaskGroup and the SQL each task will run (a dry run; secrets masked)."""
-    typer.echo(commands.render(plan, dialect, _parse_conns(conn)))
+    typer.echo(commands.render(plan, dialect, _parse_conns(conn, conn_file)))
 
 
 @app.command()
-def run(plan: Path, conn: ConnOption = [],  # noqa: B006
+def run(plan: Path, conn: ConnOption = [], conn_file: ConnFileOption = None,  # noqa: B006
         airflow_home: Annotated[Path | None, typer.Option(help="Airflow home (default: a temporary one)")] = None,
         ) -> None:
     """Run the plan's DAG locally (dag.test). Exit 0 when the run succeeds, 1 when it fails."""
-    outcome = commands.run(plan, _parse_conns(conn), airflow_home)
+    outcome = commands.run(plan, _parse_conns(conn, conn_file), airflow_home)
     _print_outcome(outcome)
     raise typer.Exit(0 if outcome.succeeded else 1)
 
@@ -112,9 +116,9 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the dem
 
 
 @app.command()
-def status(plan: Path, conn: ConnOption = []) -> None:  # noqa: B006
+def status(plan: Path, conn: ConnOption = [], conn_file: ConnFileOption = None) -> None:  # noqa: B006
     """Show the ledger: steps applied, by which dag/run/try, when, and whether their checksum matches."""
-    typer.echo(commands.status(plan, _parse_conns(conn)))
+    typer.echo(commands.status(plan, _parse_conns(conn, conn_file)))
 
 
 backups_app = typer.Typer(no_args_is_help=True, help="List and prune the backups a plan's runs made in its target.")
@@ -123,20 +127,20 @@ app.add_typer(backups_app, name="backups")
 
 @backups_app.command("list")
 def backups_list(plan: Annotated[Path, typer.Argument(help="The plan file whose backups to list.")],
-                 conn: ConnOption = []) -> None:  # noqa: B006
+                 conn: ConnOption = [], conn_file: ConnFileOption = None) -> None:  # noqa: B006
     """Show the plan's backups, newest first.
 
     Each with its status, strategy, when it was made (UTC), by which dag/run, tables, rows, size, expiry, location.
 
     Use an id with `airflow-migrate backups prune --backup ID` or `airflow-migrate restore --backup ID`.
     """
-    typer.echo(commands.backups_list(plan, _parse_conns(conn)))
+    typer.echo(commands.backups_list(plan, _parse_conns(conn, conn_file)))
 
 
 @backups_app.command("prune")
 def backups_prune(
     plan: Annotated[Path, typer.Argument(help="The plan file whose backups to prune.")],
-    conn: ConnOption = [],  # noqa: B006
+    conn: ConnOption = [], conn_file: ConnFileOption = None,  # noqa: B006
     backup: Annotated[list[str], typer.Option(
         "--backup", metavar="ID", help="Also prune this backup (repeatable); ids are in `backups list`.")] = [],  # noqa: B006
     older_than: Annotated[float | None, typer.Option(
@@ -155,15 +159,15 @@ def backups_prune(
 
     Try --dry-run first.
     """
-    typer.echo(commands.backups_prune(plan, _parse_conns(conn), backup_ids=backup, older_than_days=older_than,
-                                      dry_run=dry_run))
+    typer.echo(commands.backups_prune(plan, _parse_conns(conn, conn_file), backup_ids=backup,
+                                      older_than_days=older_than, dry_run=dry_run))
 
 
 @app.command()
 def restore(plan: Annotated[Path, typer.Argument(help="The plan file the backup belongs to.")],
             backup: Annotated[str, typer.Option(
                 "--backup", metavar="ID", help="The backup to restore from (see `airflow-migrate backups list`).")],
-            conn: ConnOption = []) -> None:  # noqa: B006
+            conn: ConnOption = [], conn_file: ConnFileOption = None) -> None:  # noqa: B006
     """Restore the plan's tables from a backup and verify them.
 
     Puts each backed-up table back as it was (a table a step created is dropped) and checks its checksum.
@@ -172,7 +176,7 @@ def restore(plan: Annotated[Path, typer.Argument(help="The plan file the backup 
 
     Exit 1 if a table still differs from the backup.
     """
-    typer.echo(commands.restore(plan, _parse_conns(conn), backup))
+    typer.echo(commands.restore(plan, _parse_conns(conn, conn_file), backup))
 
 
 @app.command()
@@ -202,7 +206,7 @@ def main() -> None:
         sys.exit(1)
     except MigrateError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(getattr(exc, "exit_code", 1))  # 1, or the error's own code (2: a refused --airflow-home)
 
 
 if __name__ == "__main__":

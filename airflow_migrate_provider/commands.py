@@ -86,9 +86,11 @@ def render(path: str | Path, dialect: str | None = None, connections: dict[str, 
     The dialect (how statements split, whether steps are transactional) comes from ``dialect``, else from
     the scheme of the target's URI in ``connections``, else PostgreSQL.
     """
+    from airflow_migrate_provider.connections import check_uris
     from airflow_migrate_provider.core.dialects import dialect_name_of_uri
     from airflow_migrate_provider.core.task_graph import build_task_graph
 
+    check_uris(connections or {})  # a malformed URI is named as such, never printed
     plan = load_plan(path)
     target_uri = (connections or {}).get(plan.connections.target, "")
     dialect = dialect or dialect_name_of_uri(target_uri, "connections.target", plan.connections.target)
