@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from airflow_migrate_provider import commands
-from airflow_migrate_provider.errors import MigrateError, PlanError
+from airflow_migrate_provider.errors import MigrateError, PlanError, RunRefused
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn YAML migration plans into Airflow DAGs and run them safely.")
@@ -81,14 +81,39 @@ def render(plan: Path,
     typer.echo(commands.render(plan, dialect, _parse_conns(conn, conn_file)))
 
 
+def _notice(line: str) -> None:
+    typer.echo(f"airflow-migrate: {line}", err=True)
+
+
+def _print_notes(outcome: commands.RunOutcome) -> None:
+    """After the report: an approval that timed out, a stop by a signal, what was kept of the Airflow home."""
+    for note in outcome.notes:
+        typer.echo(note)
+
+
 @app.command()
 def run(plan: Path, conn: ConnOption = [], conn_file: ConnFileOption = None,  # noqa: B006
-        airflow_home: Annotated[Path | None, typer.Option(help="Airflow home (default: a temporary one)")] = None,
+        airflow_home: Annotated[Path | None, typer.Option(
+            help="Airflow home for the run's metadata DB, which is reset: only a new or empty directory, or one an "
+                 "earlier run created (marked with .airflow-migrate-home). Default: a temporary one, removed "
+                 "after the run")] = None,
+        keep_home: Annotated[bool, typer.Option(
+            "--keep-home", help="Keep the temporary Airflow home (task logs, metadata DB) after the run")] = False,
         ) -> None:
-    """Run the plan's DAG locally (dag.test). Exit 0 when the run succeeds, 1 when it fails."""
-    outcome = commands.run(plan, _parse_conns(conn, conn_file), airflow_home)
+    """Run the plan's DAG locally (dag.test).
+
+    Exit codes: 0 the migration succeeded; 1 it failed (and rolled back), including an approval that got no
+    answer within the plan's approval.timeout_hours; 2 usage error (bad option, an --airflow-home this command
+    must not reset); 3 refused, nothing run: another run holds the plan's lock; 143 / 130 stopped by SIGTERM /
+    SIGINT (the run stops, rolls back what it applied and releases its lock; a second signal stops at once).
+    """
+    try:
+        outcome = commands.run(plan, _parse_conns(conn, conn_file), airflow_home, keep_home=keep_home, notify=_notice)
+    except RunRefused as exc:
+        _fail(str(exc), code=exc.exit_code)
     _print_outcome(outcome)
-    raise typer.Exit(0 if outcome.succeeded else 1)
+    _print_notes(outcome)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -104,15 +129,16 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Where to put the dem
     """Run a bundled example plan (default: "add user_preferences") against an embedded SQLite database."""
     from airflow_migrate_provider.demo import database_tables
 
-    outcome, database, notes = commands.demo(workdir, users, fail_at, example)
+    outcome, database, notes = commands.demo(workdir, users, fail_at, example, notify=_notice)
     typer.echo(f"\nDemo database: {database}")
     _print_outcome(outcome)
     for note in notes:
         typer.echo(note)
+    _print_notes(outcome)
     typer.echo("\nTables now in the demo database:")
     for table, columns in database_tables(database).items():
         typer.echo(f"  {table}({', '.join(columns)})")
-    raise typer.Exit(0 if outcome.succeeded else 1)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,33 +114,121 @@ class RunOutcome:
     verification: str = ""
     backup: str = ""  # the run's backup
     rollback_report: str = ""  # after a rollback: the data table by table against the backup
+    notes: list[str] = dataclass_field(default_factory=list)  # approvals timed out, a stop, what was kept
+    interrupted: int | None = None  # the signal (SIGTERM/SIGINT) that stopped the run
 
     @property
     def succeeded(self) -> bool:
-        return self.state == "success"
+        return self.state == "success" and self.interrupted is None
+
+    @property
+    def exit_code(self) -> int:
+        """0 success, 1 the migration failed (rolled back), 128 + signal when a signal stopped it."""
+        if self.interrupted is not None:
+            return 128 + self.interrupted
+        return 0 if self.succeeded else 1
 
 
 def run(path: str | Path, connections: dict[str, str], airflow_home: str | Path | None = None,
-        during: Any = None) -> RunOutcome:
-    """Run a plan's DAG locally through dag.test() with a throwaway SQLite Airflow metadata DB. ``during``: a
-    context manager to hold while the DAG runs (the demo's writer)."""
+        during: Any = None, *, keep_home: bool = False, notify: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run a plan's DAG locally through dag.test() with a SQLite Airflow metadata DB in a home this command
+    creates (``local_home``: a temporary one, removed afterwards unless ``keep_home``; a given one only when new,
+    empty or created by an earlier run). ``during``: a context manager to hold while the DAG runs (the demo's
+    writer); ``notify``: told, one line each, what happens while it runs (an approval waits, a signal arrived).
+
+    An approval that gets no answer within the plan's ``approval.timeout_hours`` fails the run, which rolls
+    back; SIGTERM/SIGINT stop it the same way (``run_watch``). Raises RunRefused when another run holds the
+    plan's lock (nothing was run), AirflowHomeRefused for a home it must not reset."""
+    from airflow_migrate_provider.local_home import prepare_home
+
     plan = load_plan(path)
     check_connections_given(plan, connections)
+    home = prepare_home(airflow_home)
+    try:
+        outcome = _run_in_home(plan, Path(path), connections, home.path, during, notify or _log_notice)
+    finally:
+        kept = _tidy_home(home, keep_home)
+    if kept:
+        outcome.notes.append(kept)
+    return outcome
+
+
+def _log_notice(line: str) -> None:
+    import logging
+
+    logging.getLogger(__name__).warning("%s", line)
+
+
+def _tidy_home(home: Any, keep_home: bool) -> str:
+    """Remove the temporary home of a finished run (unless kept); what was kept, as a note."""
+    from airflow_migrate_provider.local_home import remove_home
+
+    if not home.temporary:
+        return ""
+    if keep_home:
+        return f"Airflow home of this run (kept): {home.path}"
+    backups = remove_home(home)
+    return (f"kept this run's backup files in {backups} (the ledger refers to them; "
+            f"`airflow-migrate backups prune` removes them)" if backups else "")
+
+
+def _run_in_home(plan: Plan, path: Path, connections: dict[str, str], home: Path, during: Any,
+                 notify: Callable[[str], None]) -> RunOutcome:
     from airflow_migrate_provider.local_run import define_connections, use_airflow_home
 
-    use_airflow_home(airflow_home)
+    use_airflow_home(home)
     define_connections(connections)
     from airflow_migrate_provider.dag_builder import build_dag
     from airflow_migrate_provider.local_run import init_metadata_db, run_dag, states_by_phase
+    from airflow_migrate_provider.run_watch import watching_run
 
     check_targets_reachable(plan)
     init_metadata_db()
-    with during if during is not None else nullcontext():
-        dag_run = run_dag(build_dag(plan, source_text=Path(path).read_text(encoding="utf-8"),
-                                    plan_dir=str(Path(path).resolve().parent)))
+    dag = build_dag(plan, source_text=path.read_text(encoding="utf-8"), plan_dir=str(path.resolve().parent))
+    with during if during is not None else nullcontext(), watching_run(dag, notify) as watch:
+        dag_run = run_dag(dag)
+    _raise_if_refused(plan, path, dag_run)
     summary, verification = ledger_reports(plan)
-    return RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification,
-                      *backup_reports(plan, dag_run.dag_id, dag_run.run_id))
+    outcome = RunOutcome(str(dag_run.state), states_by_phase(dag_run), summary, verification,
+                         *backup_reports(plan, dag_run.dag_id, dag_run.run_id), interrupted=watch.interrupted)
+    outcome.notes += [f"approval {task_id}: no answer within {hours:g} h, the approval timed out; the run failed "
+                      f"and rolled back what it applied" for task_id, hours in watch.timed_out.items()]
+    if watch.interrupted is not None:
+        outcome.notes.append(_interrupted_note(plan, dag_run, watch.interrupted))
+    return outcome
+
+
+def _raise_if_refused(plan: Plan, path: Path, dag_run: Any) -> None:
+    """RunRefused when preflight was refused the plan's lock: not a failed migration, nothing ran."""
+    from airflow_migrate_provider.errors import RunRefused
+    from airflow_migrate_provider.run_watch import lock_refusal
+
+    refusal = lock_refusal(dag_run.dag_id, dag_run.run_id)
+    if refusal is not None:
+        raise RunRefused(plan.id, refusal["holder"], refusal["expires_at"], str(path))
+
+
+def _interrupted_note(plan: Plan, dag_run: Any, signum: int) -> str:
+    """After a stopped run: make sure its lock is released, and say in one line what became of the run."""
+    import signal
+
+    from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
+    from airflow_migrate_provider.hooks.migration import MigrationHook
+
+    engine = MigrationHook(plan.connections.target).get_engine()
+    try:
+        ledger = Ledger(engine, plan.id)
+        if ledger.exists():
+            ledger.release_lock(RunIdentity(dag_run.dag_id, dag_run.run_id))
+            holder = ledger.lock_holder()
+        else:
+            holder = None
+    finally:
+        engine.dispose()
+    lock = (f"the plan's lock is now held by {holder['holder']}" if holder
+            else "the plan's run lock is released")
+    return (f"interrupted by {signal.Signals(signum).name}: the run was stopped and rolled back what it applied "
+            f"(see the rollback above); {lock}")
 
 
 def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:
@@ -217,8 +306,9 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
     return ledger_reports(plan)[0]
 
 
-def demo(workdir: str | Path | None = None, users: int = 1000,
-         fail_at: str | None = None, example: str = "add_user_preferences") -> tuple[RunOutcome, Path, list[str]]:
+def demo(workdir: str | Path | None = None, users: int = 1000, fail_at: str | None = None,
+         example: str = "add_user_preferences", notify: Callable[[str], None] | None = None,
+         ) -> tuple[RunOutcome, Path, list[str]]:
     """Seed an embedded SQLite app database and run a bundled example plan against it: (outcome, database, notes).
 
     ``fail_at`` names a step made to fail, to watch the rollback at work. The dual-write example runs with a
@@ -245,7 +335,8 @@ def demo(workdir: str | Path | None = None, users: int = 1000,
     plan_path = example_plan_path(f"{example}.yaml")
     plan_path = plan_failing_at(plan_path, fail_at, base) if fail_at else plan_path
     writer = DemoWriter(database) if example == "dual_write_users" else None
-    outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow", during=writer)
+    outcome = run(plan_path, {DEMO_CONN_ID: f"sqlite:///{database.resolve()}"}, base / "airflow", during=writer,
+                  notify=notify)
     return outcome, database, writer.report() if writer is not None else []
 
 

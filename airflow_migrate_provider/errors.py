@@ -152,6 +152,28 @@ class LockLost(MigrateError):
     """This run's lock expired or was taken over while it was working."""
 
 
+class RunRefused(MigrateError):
+    """``airflow-migrate run`` did not start the migration because another run holds the plan's lock. Not a
+    failed migration: nothing was applied, and the CLI exits with its own code (``exit_code``)."""
+
+    exit_code: ClassVar[int] = 3
+
+    def __init__(self, plan_id: str, holder: str, expires_at: str, plan_path: str):
+        self.plan_id, self.holder, self.expires_at = plan_id, holder, expires_at
+        super().__init__(
+            f"refused: plan '{plan_id}' is locked by {holder} (the lock expires at {expires_at}); nothing was run. "
+            f"Wait for that run to finish, or if it died, run `airflow-migrate unlock {plan_path} --conn ...` "
+            f"(or wait until the lock expires), then run again."
+        )
+
+
+class AirflowHomeRefused(MigrateError):
+    """``--airflow-home`` names a directory this command did not create: resetting its metadata DB could wipe
+    a real Airflow deployment's. A usage error (``exit_code`` 2)."""
+
+    exit_code: ClassVar[int] = 2
+
+
 # ---------------------------------------------------------------------------------------------- steps
 
 

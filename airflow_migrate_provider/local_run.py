@@ -7,6 +7,7 @@ anything imports airflow.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,10 +17,17 @@ from airflow_migrate_provider.core.summary import worst_state
 
 
 def use_airflow_home(home: str | Path | None = None) -> Path:
-    """Point Airflow at ``home`` (a fresh temporary one by default) with a SQLite metadata DB."""
-    path = Path(home) if home else Path(tempfile.mkdtemp(prefix="airflow-migrate-home-"))
+    """Point Airflow at ``home`` (a fresh temporary one by default) with a SQLite metadata DB in it.
+
+    The metadata DB is set explicitly: an ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` inherited from the caller's
+    environment (a real deployment's) must never be the one a local run resets. Once Airflow is imported its
+    configuration is fixed, and whoever imported it owns it (the test session does).
+    """
+    path = Path(home).expanduser().resolve() if home else Path(tempfile.mkdtemp(prefix="airflow-migrate-home-"))
     (path / "dags").mkdir(parents=True, exist_ok=True)
     os.environ["AIRFLOW_HOME"] = str(path)
+    if "airflow" not in sys.modules:
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{path / 'airflow.db'}"
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(path / "dags")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")

@@ -69,6 +69,7 @@ class MigrationOperator(BaseOperator):
 
     ui_color = "#e8f0fe"
     changes_data = False  # True: refuses to run without the run's verified backup when the plan requires one
+    stops_with_a_local_run = True  # False: the rollback and outcome, which must still run when a local run stops
 
     def __init__(self, *, plan: dict[str, Any], target_conn_id: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -151,6 +152,10 @@ class MigrationOperator(BaseOperator):
                 f"changed by this task.")
 
     def execute(self, context: Context) -> Any:
+        if self.stops_with_a_local_run:
+            from airflow_migrate_provider.run_watch import refuse_when_stopping
+
+            refuse_when_stopping(self.task_id)
         result = self.translating_errors(lambda: self.run_migration(context))
         self.inject_fault(context)
         return result

@@ -23,6 +23,8 @@ class MigrationOutcomeOperator(MigrationOperator):
     """The run's last word: logs the summary table, releases the run lock, and fails the run when any
     phase failed, even if the rollback succeeded (so a rolled-back migration never shows as success)."""
 
+    stops_with_a_local_run = False  # a stopped local run still reports and releases its lock
+
     def __init__(self, *, watched_task_ids: list[str], rollback_task_id: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.watched_task_ids = list(watched_task_ids)

@@ -17,6 +17,8 @@ class RollbackOperator(MigrationOperator):
     teardown) its success does not turn a failed run into a successful one.
     """
 
+    stops_with_a_local_run = False  # a stopped local run still rolls back
+
     def __init__(self, *, watched_task_ids: list[str], **kwargs: Any):
         super().__init__(**kwargs)
         self.watched_task_ids = list(watched_task_ids)
