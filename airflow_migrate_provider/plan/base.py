@@ -8,16 +8,19 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
-QUALIFIED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
-COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
-CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
+# Use these with .fullmatch() only: `$` (and .match) would let a trailing newline through ("users\n").
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
+QUALIFIED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)?")
+COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+CONN_ID = re.compile(r"[A-Za-z0-9_.\-]{1,250}")
+TAG_MAX_CHARS = 100  # Airflow's limit for a DAG tag (airflow.sdk.definitions.dag.TAG_MAX_LEN)
 
 
 class StrictModel(BaseModel):
-    """Base for every plan object: unknown keys are errors, values are not coerced across types."""
+    """Base for every plan object: unknown keys are errors, values are not coerced across types, and numbers are
+    finite (``.inf``/``.nan`` would not survive the plan's trip through JSON to the tasks)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 SqlList = Annotated[
@@ -28,7 +31,7 @@ SqlList = Annotated[
 
 def _identifier(error_type: str, value: str) -> str:
     """Ids become Airflow task/dag ids and ledger keys: keep them plain."""
-    if not IDENTIFIER.match(value):
+    if not IDENTIFIER.fullmatch(value):
         raise PydanticCustomError(
             error_type, "{what} '{value}' must start with a letter and use only letters, digits and _ "
             "(max 63 characters)", {"what": error_type.replace("_", " "), "value": value}

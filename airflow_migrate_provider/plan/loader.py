@@ -21,6 +21,8 @@ from pydantic import ValidationError
 from yaml.constructor import SafeConstructor
 
 from airflow_migrate_provider.errors import PlanError, PlanProblem
+from airflow_migrate_provider.plan import guard
+from airflow_migrate_provider.plan.graph_check import graph_problems
 from airflow_migrate_provider.plan.model import DUPLICATE_STEP_ID, STEP_KINDS, Plan, duplicate_step_ids
 
 Loc = tuple[str | int, ...]
@@ -35,6 +37,8 @@ _VALIDATED_KEEP = 16  # plans kept by validated_plan: one per DAG of a parsing p
 _validated: dict[int, tuple[dict[str, Any], Plan]] = {}
 # the C loader when PyYAML was built with libyaml; errors are re-parsed with the pure-Python one (see _compose)
 FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+REPARSE_CHARS = 1024 * 1024  # malformed YAML larger than this keeps libyaml's message (the Python parser is slow)
+MESSAGE_CHARS = 600  # a problem's message shows at most this much (a value quoted in it is cut in the middle)
 
 
 def _mark(node: yaml.Node) -> Position:
@@ -165,11 +169,13 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message} (got {shown})"
 
 
-def _yaml_problem(path: str, exc: yaml.YAMLError) -> PlanProblem:
+def _yaml_problem(path: str, exc: yaml.YAMLError, text: str) -> PlanProblem:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return PlanProblem(path, line, col, f"malformed YAML: {exc.problem or exc}")
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow, at its own position
+        return PlanProblem(path, *guard.position(text, min(exc.position, len(text))), f"malformed YAML: {exc.reason}")
     return PlanProblem(path, 1, 1, f"malformed YAML: {exc}")
 
 
@@ -180,20 +186,23 @@ def _compose(text: str, path: str) -> yaml.Node:
     users (and the tests) know; libyaml words a few of them differently. libyaml's error stands where the
     pure-Python parser has none (e.g. nesting deeper than libyaml's limit of 1000 levels).
     """
+    guard.check_text(text, path)
+    guard.check_event_budget(text, path, FAST_LOADER)
     try:
         root = yaml.compose(text, Loader=FAST_LOADER)
     except yaml.YAMLError as fast_error:
         error = fast_error
-        if FAST_LOADER is not yaml.SafeLoader:
+        if FAST_LOADER is not yaml.SafeLoader and len(text) <= REPARSE_CHARS:
             try:
                 yaml.compose(text, Loader=yaml.SafeLoader)
             except yaml.YAMLError as exc:
                 error = exc
             except RecursionError:
                 pass
-        raise PlanError([_yaml_problem(path, error)]) from None
+        raise PlanError([_yaml_problem(path, error, text)]) from None
     if root is None:
         raise PlanError([PlanProblem(path, 1, 1, "the plan file is empty")])
+    guard.check_node_budget(root, path)
     return root
 
 
@@ -229,7 +238,7 @@ def _parse(text: str, path: str) -> Plan:
     builder = _Builder()
     data = builder.build(root)
     if builder.problems:
-        raise PlanError([PlanProblem(path, *at, msg) for at, msg in builder.problems])
+        raise PlanError([PlanProblem(path, *at, _short(msg)) for at, msg in builder.problems])
     if not isinstance(data, dict):
         raise PlanError([PlanProblem(path, *_mark(root), "a plan must be a mapping of keys (id, steps, ...)")])
 
@@ -245,11 +254,21 @@ def _parse(text: str, path: str) -> Plan:
                 error["loc"] = _user_loc(tuple(error["loc"]))
                 found.append((error["loc"], _describe(error)))
         plan = None
+    if plan is not None and not found:
+        found = graph_problems(plan)  # what the DAG build would reject
     if found or plan is None:
-        problems = [PlanProblem(path, *_find(root, loc), msg) for loc, msg in found]
+        problems = [PlanProblem(path, *_find(root, loc), _short(msg)) for loc, msg in found]
         problems.sort(key=lambda p: (p.line, p.column))
         raise PlanError(problems)
     return plan
+
+
+def _short(message: str) -> str:
+    """A message that quotes a huge value keeps its start and end (where the advice is), not the whole value."""
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    keep = MESSAGE_CHARS // 2
+    return f"{message[:keep]} [... {len(message) - 2 * keep:,} characters ...] {message[-keep:]}"
 
 
 def locate(path: str | Path, loc: tuple[str | int, ...]) -> tuple[int, int]:
@@ -258,11 +277,9 @@ def locate(path: str | Path, loc: tuple[str | int, ...]) -> tuple[int, int]:
 
 
 def read_plan_text(path: str | Path) -> str:
-    """A plan file's text; PlanError (never a bare traceback) when it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError([PlanProblem(str(path), 1, 1, f"cannot read plan file: {exc}")]) from None
+    """A plan file's text; PlanError (never a bare traceback) when it cannot be read: not a regular file,
+    larger than ``guard.MAX_PLAN_BYTES`` (no more than that is read), or not UTF-8 (located)."""
+    return guard.decode_plan(guard.read_plan_bytes(path), str(path))
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -17,6 +17,7 @@ from airflow_migrate_provider.plan.base import (  # noqa: F401 - re-exported: th
     CONN_ID,
     IDENTIFIER,
     QUALIFIED_NAME,
+    TAG_MAX_CHARS,
     SqlList,
     StrictModel,
     _identifier,
@@ -67,7 +68,7 @@ class Connections(StrictModel):
     @field_validator("target", "source")
     @classmethod
     def _conn_id_shape(cls, v: str | None) -> str | None:
-        if v is not None and not CONN_ID.match(v):
+        if v is not None and not CONN_ID.fullmatch(v):
             raise PydanticCustomError(
                 "conn_id", "'{value}' is not a valid Airflow connection id (letters, digits, _ . -)", {"value": v}
             )
@@ -130,7 +131,7 @@ class BackupSpec(StrictModel):
             if not v:
                 raise PydanticCustomError("backup_tables", "`tables` is empty: list tables or use `auto`")
             for name in v:
-                if not QUALIFIED_NAME.match(name):
+                if not QUALIFIED_NAME.fullmatch(name):
                     raise PydanticCustomError("table_name", "'{value}' is not a table name", {"value": name})
                 if name.split(".")[-1].lower().startswith(BACKUP_PREFIX):
                     raise PydanticCustomError("backup_tables", "'{value}' is one of the engine's own tables; it "
@@ -151,7 +152,7 @@ class FaultInjection(StrictModel):
     """Test only: make one task fail right after it did its work, to prove the rollback restores."""
 
     task: str = Field(description="Task id to fail, e.g. `steps.move_preferences` or `backup.create`.")
-    map_index: int | None = Field(default=None, description="For a mapped task: only this instance.")
+    map_index: int | None = Field(default=None, ge=0, description="For a mapped task: only this instance.")
 
 
 def _step_kind(value: Any) -> str | None:
@@ -178,7 +179,8 @@ class Plan(StrictModel):
     description: str = Field(default="", description="What the migration is for; shown in the DAG docs.")
     connections: Connections = Field(description="Airflow connection ids of the target (and source).")
     steps: list[Step] = Field(min_length=1, description="Ordered steps; applied first to last.")
-    tags: list[str] = Field(default_factory=list, description="Airflow DAG tags.")
+    tags: list[Annotated[str, Field(min_length=1, max_length=TAG_MAX_CHARS)]] = Field(
+        default_factory=list, description=f"Airflow DAG tags (each 1 to {TAG_MAX_CHARS} characters, one line).")
     lock_ttl_seconds: int = Field(
         default=600, ge=30, le=86_400,
         description="How long the run lock stays valid without renewal; a dead run's lock expires after it.",
@@ -201,6 +203,15 @@ class Plan(StrictModel):
     @classmethod
     def _id_shape(cls, v: str) -> str:
         return _identifier("plan_id", v)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_one_line(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not tag.isprintable():
+                raise PydanticCustomError("tag_text", "tag {tag} holds a line break or another control character; "
+                                          "a tag is one line of text", {"tag": repr(tag)})
+        return v
 
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Plan:

@@ -9,6 +9,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from airflow_migrate_provider.plan import guard
+from airflow_migrate_provider.plan.base import TAG_MAX_CHARS
 from airflow_migrate_provider.plan.model import (
     ApprovalSpec,
     BackfillPhases,
@@ -137,11 +139,25 @@ def _default(field: FieldInfo) -> str:
     return f"`{field.default!r}`" if field.default is not None else "`null`"
 
 
+def _limits() -> list[str]:
+    """What any plan file must stay within (``plan/guard.py``), stated where plan authors look."""
+    return ["**Limits.** A plan file is UTF-8 YAML of at most "
+            f"{guard.MAX_PLAN_BYTES // (1024 * 1024)} MiB ({guard.MAX_PLAN_BYTES:,} bytes; no more is read, and only "
+            "regular files are: not a device or FIFO). After YAML aliases are resolved it may hold at most "
+            f"{guard.MAX_PLAN_VALUES:,} values (keys, values and list items) and {guard.MAX_PLAN_TEXT:,} characters "
+            f"of text, with lists and mappings nested at most {guard.MAX_NESTING} levels deep; an alias may not "
+            "refer to a value it is part of. YAML tags (`!!python/...`), merge keys (`<<`), duplicate keys, "
+            "control characters (a NUL) and non-finite numbers (`.inf`, `.nan`) are refused. Ids match in full "
+            "(a trailing newline is not allowed). Everything the Airflow DAG build would reject is a validation "
+            f"error: task ids used twice (a step `before_<id>` beside an irreversible step `<id>`), DAG tags over "
+            f"{TAG_MAX_CHARS} characters, a `fault_injection.task` that is not a task of the plan's DAG."]
+
+
 def plan_reference_markdown() -> str:
     lines = ["# Plan reference", "",
              "Generated from `airflow_migrate_provider/plan/model.py` by `airflow-migrate reference`; "
              "do not edit by hand. Unknown keys are errors; values are not coerced between types "
-             "(`\"10\"` is not an integer, `\"yes\"` is not a boolean).", ""]
+             "(`\"10\"` is not an integer, `\"yes\"` is not a boolean).", "", *_limits(), ""]
     for title, model, note in SECTIONS:
         lines += [f"## {title}", ""]
         if note:

@@ -37,7 +37,7 @@ class BackfillSource(StrictModel):
         if (self.table is None) == (self.query is None):
             raise PydanticCustomError("source_shape", "give exactly one of `table` or `query`")
         for name in [self.table, *self.lock_tables]:
-            if name is not None and not QUALIFIED_NAME.match(name):
+            if name is not None and not QUALIFIED_NAME.fullmatch(name):
                 raise PydanticCustomError("table_name", "'{name}' is not a table name (name or schema.name)",
                                           {"name": name})
         return self

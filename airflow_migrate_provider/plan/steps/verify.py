@@ -21,7 +21,7 @@ class CompareSide(StrictModel):
     def _table_or_query(self) -> CompareSide:
         if (self.table is None) == (self.query is None):
             raise PydanticCustomError("side_shape", "give exactly one of `table` or `query`")
-        if self.table is not None and not QUALIFIED_NAME.match(self.table):
+        if self.table is not None and not QUALIFIED_NAME.fullmatch(self.table):
             raise PydanticCustomError("table_name", "'{name}' is not a table name (name or schema.name)",
                                       {"name": self.table})
         return self
