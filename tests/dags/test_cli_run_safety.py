@@ -259,3 +259,48 @@ def test_sigterm_while_waiting_for_approval_rolls_back_frees_the_lock_and_exits_
 def users_of(db) -> list[tuple]:
     with sqlite3.connect(db.sqlalchemy_url.removeprefix("sqlite:///")) as conn:
         return conn.execute("SELECT id, theme FROM users").fetchall()
+
+
+def test_ctrl_c_while_waiting_for_approval_rolls_back_and_exits_130(sqlite_database, tmp_path, cli):
+    """SIGINT, as Ctrl-C sends it, in this process: once the approval waits, a thread signals the process."""
+    import threading
+
+    from approval_support import _preload_orm
+
+    seed(sqlite_database)
+    data = approval_plan(timeout_hours=1)
+    plan = write_plan(tmp_path, data)
+    _preload_orm()
+    sent = threading.Event()
+
+    def interrupt_when_waiting() -> None:
+        from airflow.models import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not sent.is_set():
+            with create_session() as session:
+                waiting = session.scalar(select(TaskInstance.id).where(
+                    TaskInstance.dag_id == data["id"], TaskInstance.state == TaskInstanceState.AWAITING_INPUT))
+            if waiting is not None:
+                time.sleep(0.5)
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.set()
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=interrupt_when_waiting, daemon=True)
+    thread.start()
+    result = cli("run", str(plan), "--conn", f"app_db={sqlite_database.airflow_uri}")
+    thread.join(timeout=5)
+
+    assert sent.is_set()
+    assert result.returncode == 130, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SIGINT received: stopping the run" in result.stderr
+    assert ("interrupted by SIGINT: the run was stopped and rolled back what it applied (see the rollback above); "
+            "the plan's run lock is released") in result.stdout
+    holder, applied = ledger_state(sqlite_database, data["id"])
+    assert holder is None and applied == []
+    assert_as_before_the_run(sqlite_database)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
