@@ -154,10 +154,10 @@ def test_lock_writes_blocks_writers_while_the_tables_are_copied(target, monkeypa
     attempts: list[str] = []
     real = tables.fingerprint
 
-    def write_during_backup(conn, relation, columns):
+    def write_during_backup(conn, relation, columns, keys=None):
         if not attempts:  # the first fingerprint is taken while the tables are locked
             attempts.append(t.try_write("UPDATE users SET theme = 'concurrent' WHERE id = 1"))
-        return real(conn, relation, columns)
+        return real(conn, relation, columns, keys)
 
     for module in (snapshot, sqlite_file, pg_dump, mariadb_dump):
         monkeypatch.setattr(module, "fingerprint", write_during_backup)
@@ -179,10 +179,10 @@ def test_pg_dump_copies_one_consistent_snapshot_even_while_written(pg_target, mo
     attempts: list[str] = []
     real = tables.fingerprint
 
-    def write_during_backup(conn, relation, columns):
+    def write_during_backup(conn, relation, columns, keys=None):
         if not attempts:
             attempts.append(t.try_write("DELETE FROM users WHERE id = 3"))
-        return real(conn, relation, columns)
+        return real(conn, relation, columns, keys)
 
     for module in (snapshot, sqlite_file, pg_dump):
         monkeypatch.setattr(module, "fingerprint", write_during_backup)

@@ -28,6 +28,7 @@ class TableManifest:
     checksum: str = ""
     definition: dict[str, Any] | None = None
     stored_as: str = ""  # where the copy is: snapshot table, or the table's name in the backup file
+    segments: list[list[int]] | None = None  # Fingerprint.segments of the copy (None: restores compare it whole)
 
     @property
     def fingerprint(self) -> Fingerprint:

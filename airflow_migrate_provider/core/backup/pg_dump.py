@@ -106,7 +106,7 @@ class PgDumpStrategy(Strategy):
                          for t, d in present.items()]
             staged = self._stage(conn, str(path), manifests)
             for table, definition in present.items():
-                copy.copied[table] = fingerprint(conn, staged[table], definition.insertable)
+                copy.copied[table] = fingerprint(conn, staged[table], definition.insertable, definition.primary_key)
         return copy
 
     @contextmanager

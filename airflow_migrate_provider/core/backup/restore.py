@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
+from airflow_migrate_provider.core.backup.segments import verify_segments
 from airflow_migrate_provider.core.backup.staged_restore import restore_staged
 from airflow_migrate_provider.core.backup.strategies import Strategy, strategy_named
 from airflow_migrate_provider.core.backup.sync import TableState, compare, insert_all, set_action, synchronise
@@ -33,6 +34,7 @@ from airflow_migrate_provider.core.summary import format_table
 from airflow_migrate_provider.errors import RestoreFailed, db_error_line
 
 log = logging.getLogger(__name__)
+_LOCK_TIMEOUT_S = 30.0  # a restore waits this long for other sessions' writes to the tables to finish
 
 
 @dataclass
@@ -86,6 +88,7 @@ def restore_backup(engine: Engine, backup: Backup, *, only: list[str] | None = N
         try:
             # where DDL is not transactional the restore stages and commits in steps (restore_staged)
             with conn.begin() if dialect.transactional_ddl else nullcontext():
+                _hold_writes(conn, dialect, backup)
                 states = compare(conn, backup)
                 after = {s.table: s for s in states}
                 todo = [s for s in states if not s.equal and (only is None or s.table in only)]
@@ -124,17 +127,31 @@ def _restore_todo(conn: Connection, dialect: Dialect, strategy: Strategy, backup
     return _verify_before_commit(conn, backup, todo)
 
 
+def _hold_writes(conn: Connection, dialect: Dialect, backup: Backup) -> None:
+    """Where the restore runs in one transaction: other sessions' writes to the backed-up tables wait until it
+    ends, so the tables it compares are the tables it restores and proves (segments.py)."""
+    if dialect.transactional_ddl:
+        present = [m.table for m in backup.tables if m.present and table_exists(conn, m.table)]
+        dialect.lock_for_restore(conn, present, _LOCK_TIMEOUT_S)
+
+
 def _verify_before_commit(conn: Connection, backup: Backup, todo: list[TableState]) -> list[TableState]:
     """The restored tables must equal the manifest before the restore commits; otherwise it rolls back.
-    Returns the restored tables' states, which the report shows (the commit does not change them)."""
-    restored = {s.table for s in todo}
-    checked = compare(conn, backup, only=restored)
-    wrong = [s for s in checked if not s.equal]
+    Returns the restored tables' states, which the report shows (the commit does not change them). A table
+    synchronised segment by segment is proven by its segments (segments.py), else checksummed whole."""
+    proven: list[TableState] = []
+    for index, state in enumerate(todo):
+        if state.segments is not None and state.action == "synchronised":
+            checked = verify_segments(conn, backup.table(state.table), state, index)
+            proven += [checked] if checked is not None else []
+    whole = {s.table for s in todo} - {s.table for s in proven}
+    checked_whole = compare(conn, backup, only=whole) if whole else []
+    wrong = [s for s in checked_whole if not s.equal]
     if wrong:
         detail = "; ".join(f"{s.table}: expected {s.expected}, got {s.actual}" for s in wrong)
         raise RestoreFailed(f"restoring from backup {backup.id} did not reproduce the manifest ({detail}); the "
                             f"restore was rolled back, nothing changed")
-    return checked
+    return proven + checked_whole
 
 
 def _restore(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Backup, todo: list[TableState]) -> None:

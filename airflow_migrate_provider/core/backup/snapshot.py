@@ -79,7 +79,8 @@ class SnapshotStrategy(Strategy):
     @staticmethod
     def _fingerprint(conn: Connection, present: dict[str, TableDefinition], copy: Copy) -> None:
         for table, definition in present.items():
-            copy.copied[table] = fingerprint(conn, quote_table(conn, copy.stored_as[table]), definition.insertable)
+            copy.copied[table] = fingerprint(conn, quote_table(conn, copy.stored_as[table]), definition.insertable,
+                                             definition.primary_key)
             copy.live[table] = fingerprint(conn, quote_table(conn, table), definition.insertable)
 
     @contextmanager

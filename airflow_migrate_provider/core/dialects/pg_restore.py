@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from airflow_migrate_provider.core.dialects import pg_hashing
 from airflow_migrate_provider.core.dialects.types import TableDefinition
 from airflow_migrate_provider.errors import RestoreFailed
 
@@ -122,19 +123,96 @@ def diff_keys(conn: Connection, qt: str, definition: TableDefinition, source: st
 
 
 def refuse_cascades(conn: Connection, table: str, qt: str, definition: TableDefinition, source: str,
-                    restoring: set[str], quote: Quote, preparer: Any) -> None:
+                    restoring: set[str], quote: Quote, preparer: Any, parents: str | None = None) -> None:
     """Deleting rows the backup lacks must not cascade (ON DELETE CASCADE / SET NULL / SET DEFAULT) into a
-    table that is not being restored: that would change data no backup covers. Refuse instead."""
+    table that is not being restored: that would change data no backup covers. Refuse instead. ``parents``: the
+    rows of ``qt`` to consider (a segment restore: those of the differing segments), default all."""
     for owner, name, cols, refcols in conn.execute(text(_CASCADING_FKS), {"t": qt}).all():
         if owner in restoring or preparer.quote(owner) in restoring:
             continue
         links = " AND ".join(f"p.{quote(r)} = ch.{quote(c)}" for c, r in zip(cols, refcols, strict=True))
         gone = (f" AND NOT EXISTS (SELECT 1 FROM {source} AS b WHERE "
                 f"{_key_match(quote, definition.primary_key, 'p', 'b')})" if definition.primary_key else "")
-        hit = conn.execute(text(f"SELECT count(*) FROM {owner} AS ch WHERE EXISTS (SELECT 1 FROM {qt} AS p "
+        hit = conn.execute(text(f"SELECT count(*) FROM {owner} AS ch WHERE EXISTS (SELECT 1 FROM {parents or qt} AS p "
                                 f"WHERE {links}{gone})")).scalar()
         if hit:
             raise RestoreFailed(
                 f"restoring {table} would delete rows that {hit} row(s) of {owner} reference through "
                 f"foreign key {name} (ON DELETE acts on them), and {owner} is not in the backup; the restore "
                 f"was rolled back, nothing changed. Add {owner} to backup.tables, or deal with those rows first.")
+
+
+# -- restores whose cost grows with what changed ------------------------------------------------------------
+SEGMENT_BITS = 10  # rows are spread over 1,024 segments by a hash of their primary key
+_MOD = 1 << 64
+
+
+def _segment_of(quoted_keys: str) -> str:
+    return f"(hashtextextended(ROW({quoted_keys})::text, 2) & {(1 << SEGMENT_BITS) - 1})"
+
+
+class PgSegmentRestore:
+    """PostgreSQL side of a segment restore (core/backup/segments.py): per-segment sums of the manifest's row
+    hashes, the rows of some segments staged in temporary tables, the tables held against writes for the
+    restore's transaction, and the rows the transaction wrote to a table (its own statistics)."""
+
+    segment_bits = SEGMENT_BITS
+
+    def segment_sums(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
+                     both_seeds: bool) -> list[tuple[int, int, int, int]] | None:
+        """(segment, rows, sum of seed-0 row hashes, sum of seed-1 hashes or 0) of every non-empty segment: the
+        row hash of ``pg_hashing.table_hash``, so the sums of all segments are the table's checksum."""
+        conn.exec_driver_sql(pg_hashing.SESSION)
+        second = "sum(hashtextextended(r, 1))" if both_seeds else "0"
+        rows = conn.exec_driver_sql(
+            f"SELECT s, count(*), sum(hashtextextended(r, 0)), {second} FROM (SELECT {_segment_of(quoted_keys)} "
+            f"AS s, ROW({quoted_columns})::text AS r FROM {relation}) AS rows_of GROUP BY s").all()
+        return [(int(s), int(n), int(lo) % _MOD, int(hi) % _MOD) for s, n, lo, hi in rows]
+
+    def stage_segments(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
+                       segments: list[int], name: str) -> str:
+        """A temporary table (dropped at commit) of the rows of ``relation`` in ``segments``."""
+        conn.execute(text(f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS SELECT {quoted_columns} FROM "
+                          f"{relation} WHERE {_segment_of(quoted_keys)} = ANY(CAST(:s AS bigint[]))"),
+                     {"s": segments})
+        conn.execute(text(f"ANALYZE {name}"))
+        return name
+
+    def segment_diff(self, conn: Connection, definition: TableDefinition, live: str, source: str,
+                     index: int) -> str | None:
+        """The differing keys between two staged segment tables (``diff_keys`` with the live rows staged)."""
+        return diff_keys(conn, live, definition, source, index, self._preparer.quote_identifier)  # type: ignore[attr-defined]
+
+    def refuse_segment_cascades(self, conn: Connection, table: str, definition: TableDefinition, live: str,
+                                source: str, restoring: set[str]) -> None:
+        prep = self._preparer  # type: ignore[attr-defined]
+        refuse_cascades(conn, table, self.ident(table), definition, source, restoring,  # type: ignore[attr-defined]
+                        prep.quote_identifier, prep, parents=live)
+
+    def rows_differing(self, conn: Connection, live: str, source: str, quoted_columns: str) -> int:
+        """Rows of ``live`` not in ``source`` plus rows of ``source`` not in ``live``, compared by their text
+        (the manifest's measure), duplicates counted."""
+        row = f"ROW({quoted_columns})::text"
+        return int(conn.exec_driver_sql(
+            f"SELECT count(*) FROM ((SELECT {row} FROM {live} EXCEPT ALL SELECT {row} FROM {source}) UNION ALL "
+            f"(SELECT {row} FROM {source} EXCEPT ALL SELECT {row} FROM {live})) AS differing").scalar() or 0)
+
+    def lock_for_restore(self, conn: Connection, tables: list[str], timeout_s: float) -> None:
+        """Hold off other sessions' writes to ``tables`` until the restore's transaction ends (reads go on)."""
+        if not tables:
+            return
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{max(1, int(timeout_s * 1000))}ms'")
+        try:
+            conn.exec_driver_sql(f"LOCK TABLE {', '.join(self.ident(t) for t in tables)} "  # type: ignore[attr-defined]
+                                 f"IN SHARE ROW EXCLUSIVE MODE")
+        finally:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+
+    def rows_written(self, conn: Connection, table: str) -> int | None:
+        """Rows inserted, updated and deleted in ``table`` by this transaction so far (its own statistics,
+        triggers and cascades included), or None when the server does not count them."""
+        if conn.exec_driver_sql("SHOW track_counts").scalar() != "on":
+            return None
+        got = conn.execute(text("SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables WHERE "
+                                "relid = CAST(:t AS regclass)"), {"t": self.ident(table)}).scalar()  # type: ignore[attr-defined]
+        return int(got or 0)

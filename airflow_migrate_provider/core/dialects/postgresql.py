@@ -19,7 +19,7 @@ from airflow_migrate_provider.core.dialects.types import TableDefinition, TypeIn
 TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300")
 
 
-class PostgresDialect(Dialect):
+class PostgresDialect(pg_restore.PgSegmentRestore, Dialect):
     """PostgreSQL through psycopg 3 (the COPY fast path) or any other SQLAlchemy driver."""
 
     name = "postgresql"

@@ -76,6 +76,41 @@ class RestoreHooks:
         return (f"UPDATE {qt} SET ({cols}) = ROW({', '.join(f'b.{c}' for c in columns)}) FROM {source} AS b "
                 f"JOIN {diff} AS d ON {source_match} WHERE NOT d.extra AND NOT d.missing AND {target_match}")
 
+    # -- segment restores (core/backup/segments.py): cost grows with what changed ----------------------------
+    segment_bits: ClassVar[int] = 0
+
+    def segment_sums(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
+                     both_seeds: bool) -> list[tuple[int, int, int, int]] | None:
+        """(segment, rows, seed-0 hash sum, seed-1 hash sum) per non-empty segment of ``relation``, rows spread
+        over ``2 ** segment_bits`` segments by their primary key; None where the database cannot hash in SQL
+        (then restores compare whole tables)."""
+        return None
+
+    def stage_segments(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
+                       segments: list[int], name: str) -> str:
+        """A temporary table named ``name`` of the rows of ``relation`` in ``segments``."""
+        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+
+    def segment_diff(self, conn: Connection, definition: TableDefinition, live: str, source: str,
+                     index: int) -> str | None:
+        """``diff_keys`` between the staged live rows ``live`` and the staged backed-up rows ``source``."""
+        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+
+    def refuse_segment_cascades(self, conn: Connection, table: str, definition: TableDefinition, live: str,
+                                source: str, restoring: set[str]) -> None:
+        """``refuse_cascades`` limited to the rows of the differing segments (``live``)."""
+
+    def rows_differing(self, conn: Connection, live: str, source: str, quoted_columns: str) -> int:
+        """How many rows of the two relations have no equal row in the other (duplicates counted)."""
+        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+
+    def lock_for_restore(self, conn: Connection, tables: list[str], timeout_s: float) -> None:
+        """Inside the restore's transaction: block other sessions' writes to ``tables`` until it ends."""
+
+    def rows_written(self, conn: Connection, table: str) -> int | None:
+        """Rows this transaction wrote to ``table`` (triggers and cascades included), or None if unknown."""
+        return None
+
     # -- staged restores (where DDL is not transactional) ----------------------------------------------
     def foreign_key_links(self, conn: Connection, restoring: set[str], dropping: set[str],
                           rebuilt: dict[str, TableDefinition]) -> list[tuple[str, RawForeignKey]]:
