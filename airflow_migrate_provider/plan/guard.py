@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-from itertools import islice
 from pathlib import Path
 
 import yaml
@@ -28,7 +27,7 @@ import yaml
 from airflow_migrate_provider.errors import PlanError, PlanProblem
 
 MAX_PLAN_BYTES = 10 * 1024 * 1024  # 10 MiB: documented in docs/plan-reference.md
-MAX_PLAN_VALUES = 500_000  # keys, values and list items, counted after aliases are resolved
+MAX_PLAN_VALUES = 300_000  # keys, values and list items, counted after aliases are resolved
 MAX_PLAN_TEXT = 2 * MAX_PLAN_BYTES  # characters of text (keys and values) after aliases are resolved
 MAX_NESTING = 64  # lists/mappings inside one another
 EVENT_CHECK_CHARS = 256 * 1024  # smaller texts cannot compose into a node tree worth bounding first
@@ -120,18 +119,21 @@ def check_text(text: str, path: str) -> None:
 
 
 def check_event_budget(text: str, path: str, loader: type) -> None:
-    """Count the YAML events of a large text before its node tree is built: more than a plan may hold is refused
-    at the event that goes over (an error in the YAML itself is left to the composer, which locates it)."""
+    """Count the values of a large text on libyaml's event stream, before a node tree is built: more than a plan
+    may hold is refused at the value that goes over (an error in the YAML itself is left to the composer, which
+    locates it). Aliases count as one value here; what they expand to is counted on the node tree."""
     if len(text) <= EVENT_CHECK_CHARS:
         return
-    limit = 2 * MAX_PLAN_VALUES  # a value is one event (a scalar, an alias), a list or mapping two
+    values = 0
     try:
-        last = next(islice(yaml.parse(text, Loader=loader), limit, None), None)
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.NodeEvent):  # a scalar, an alias, or the start of a list or mapping
+                values += 1
+                if values > MAX_PLAN_VALUES:
+                    mark = event.start_mark
+                    raise PlanError([PlanProblem(path, mark.line + 1, mark.column + 1, _values_message())])
     except yaml.YAMLError:
         return
-    if last is not None:
-        mark = last.start_mark
-        raise PlanError([PlanProblem(path, mark.line + 1, mark.column + 1, _values_message())])
 
 
 def _values_message(count: int | None = None) -> str:

@@ -264,11 +264,14 @@ def _parse(text: str, path: str) -> Plan:
 
 
 def _short(message: str) -> str:
-    """A message that quotes a huge value keeps its start and end (where the advice is), not the whole value."""
-    if len(message) <= MESSAGE_CHARS:
+    """A message fit for one terminal line: a huge value quoted in it keeps its start and end (where the advice
+    is), and control characters from the plan (a newline, an escape sequence, a bidi override) are shown escaped."""
+    if len(message) > MESSAGE_CHARS:
+        keep = MESSAGE_CHARS // 2
+        message = f"{message[:keep]} [... {len(message) - 2 * keep:,} characters ...] {message[-keep:]}"
+    if message.isprintable():
         return message
-    keep = MESSAGE_CHARS // 2
-    return f"{message[:keep]} [... {len(message) - 2 * keep:,} characters ...] {message[-keep:]}"
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in message)
 
 
 def locate(path: str | Path, loc: tuple[str | int, ...]) -> tuple[int, int]:
