@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from types import TracebackType
 
+from airflow_migrate_provider.core.dialects import dialect_of
 from airflow_migrate_provider.core.ledger import Lease, Ledger
 from airflow_migrate_provider.errors import LockLost, MigrateError
 
@@ -17,6 +20,10 @@ class LockKeeper:
 
     Work calls :meth:`check` before committing anything: if a renewal found the lock gone, the work
     stops instead of racing another run.
+
+    While the block runs, the lock row names this process (host, pid) and a database session held open for the
+    block: if the process dies, another run sees it at once and takes over without waiting for the expiry. On a
+    normal exit the row stops naming them (between tasks only the expiry tells whether the run is alive).
     """
 
     def __init__(self, ledger: Ledger, lease: Lease, ttl_seconds: int):
@@ -27,8 +34,14 @@ class LockKeeper:
         self._thread = threading.Thread(target=self._renew_loop, name="migrate-lock-keeper", daemon=True)
 
     def __enter__(self) -> LockKeeper:
-        self._presence = self.ledger.presence()
-        self._presence.__enter__()
+        self._presence = dialect_of(self.ledger.engine).working_session(self.ledger.engine,
+                                                                       self.ledger.presence_name)
+        backend = self._presence.__enter__()
+        try:
+            self.ledger.mark_working(self.lease, socket.gethostname(), os.getpid(), backend)
+        except BaseException:
+            self._presence.__exit__(None, None, None)
+            raise
         self._thread.start()
         return self
 
@@ -36,7 +49,13 @@ class LockKeeper:
                  tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
-        self._presence.__exit__(exc_type, exc, tb)
+        try:
+            self.ledger.mark_idle(self.lease)
+        except Exception as error:  # the expiry still frees the lock; never hide the block's own error
+            log.warning("Could not record that this task stopped working for the lock (it expires anyway): %s",
+                        error)
+        finally:
+            self._presence.__exit__(exc_type, exc, tb)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -56,9 +56,31 @@ def tables_after_rollback(tables: list[TableState]) -> str:
     return format_table(["table", "before the run", "after rollback", "how", "equal"], rows)
 
 
+def backup_before(ledger: Ledger, who: RunIdentity) -> Backup | None:
+    """The backup of the state before ``who``'s run, or before the first dead run it took over (runs chain: see
+    Ledger.run_chain): that of the oldest run in the chain that made one, unless an older run applied steps
+    without one (then no backup holds the state before it, and the rollback reverts with down SQL only)."""
+    from airflow_migrate_provider.core.backup.catalog import BackupCatalog
+
+    verified: dict[str, Backup] = {}
+    for backup in BackupCatalog(ledger.engine, ledger.plan_id).all():  # newest first: keep each run's newest
+        if backup.status == "verified":
+            verified.setdefault(backup.run_key, backup)
+    applied_runs = {row.run_key for row in ledger.applied_by_run(who)}
+    for run_key in ledger.run_chain(who.run_key):
+        if run_key in verified:
+            return verified[run_key]
+        if run_key in applied_runs:
+            log.warning("run %s applied steps but made no verified backup: no backup holds the state before it, "
+                        "so the rollback reverts with down SQL only", run_key)
+            return None
+    return None
+
+
 def rollback_run(ledger: Ledger, runner: StepRunner, who: RunIdentity, backup: Backup | None = None,
                  restore_on_difference: bool = True) -> RollbackReport:
-    """Revert, newest first, every step ``who``'s run applied and that is still applied.
+    """Revert, newest first, every step ``who``'s run applied and that is still applied (with the steps of the
+    dead runs it took over: the state to go back to is the one before the first run that did not complete).
 
     The stack comes from the ledger, so it is right after retries and manual clears, and reverts use the
     down SQL recorded at apply time. An irreversible step is a point of no return: rollback stops there.

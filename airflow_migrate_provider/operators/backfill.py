@@ -46,9 +46,10 @@ class BackfillOperator(MigrationOperator):
                     return backfill.copy_recent().to_json()
                 return backfill.final_sync().to_json()
             except ThrottleDeferral as pause:
-                self._defer_until_clear(pause)
+                self._defer_until_clear(context, pause)
 
-    def _defer_until_clear(self, pause: ThrottleDeferral) -> None:
+    def _defer_until_clear(self, context: Context, pause: ThrottleDeferral) -> None:
+        from airflow_migrate_provider.operators.deferral import hold_lock_while_deferred
         from airflow_migrate_provider.triggers.throttle import ThrottleTrigger
 
         rule = pause.rule
@@ -56,6 +57,7 @@ class BackfillOperator(MigrationOperator):
             else self.target_conn_id
         self.log.warning("%s; freeing the worker slot until it is back under %g", pause, rule.max)
         remaining = max(1.0, rule.give_up_after_seconds - pause.paused_s)
+        hold_lock_while_deferred(self, context, remaining)
         self.defer(
             trigger=ThrottleTrigger(conn_id=conn_id, rule_name=rule.name, query=rule.query, max_value=rule.max,
                                     poll_seconds=min(rule.max_pause_seconds, 30.0)),

@@ -56,12 +56,16 @@ class CutoverOperator(MigrationOperator):
                 return {"step": step.id, "smoke": cut.smoke()}
             else:
                 return {"step": step.id, "disabled": cut.disable_old_writes()}
-        self._wait_for_window(pending)
+        self._wait_for_window(context, pending)
 
-    def _wait_for_window(self, wait: CutoverDeferral) -> None:
+    def _wait_for_window(self, context: Context, wait: CutoverDeferral) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
+        from airflow_migrate_provider.core.ledger import as_utc, utcnow
+        from airflow_migrate_provider.operators.deferral import hold_lock_while_deferred
+
         self.log.info("%s; waiting (deferred) until %s", wait.why, wait.until.isoformat())
+        hold_lock_while_deferred(self, context, (as_utc(wait.until) - utcnow()).total_seconds())
         self.defer(trigger=DateTimeTrigger(moment=wait.until), method_name="resume_window")
 
     def resume_window(self, context: Context, event: Any = None) -> Any:

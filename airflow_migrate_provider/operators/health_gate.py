@@ -43,6 +43,9 @@ class HealthGateOperator(MigrationOperator):
             return {"step": step.id, "passed": True, "samples": watch.samples, "last": watch.last}
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
+        from airflow_migrate_provider.operators.deferral import hold_lock_while_deferred
+
+        hold_lock_while_deferred(self, context, step.interval_seconds)
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=step.interval_seconds)), method_name="resume_watch",
                    kwargs={"started_at": watch.started_at, "samples": watch.samples, "baseline": watch.baseline})
         raise AssertionError("unreachable: defer() raises")

@@ -98,6 +98,15 @@ class BackfillRunner:
     def _history(self) -> HistoryRow | None:
         return self.ledger.applied().get(self.step.id)
 
+    def _carried_on(self, row: HistoryRow) -> HistoryRow:
+        """The step's apply row for this run: a step a dead run left part way gets a row of this run that points
+        back at the dead run's (the ledger shows who started, resumed and finished it); its checkpoints too."""
+        mine = self.ledger.carry_on(row, self.who)
+        if mine.id != row.id:
+            with self.target.begin() as conn:
+                self.checkpoints.claim(conn, self.who.run_id)
+        return mine
+
     def _recorded_actions(self) -> ActionPlan:
         """The step's actions with every column it copies, as resolved against the real tables."""
         return backfill_actions(self.step, [(c.name, c.source_expr) for c in self.spec.columns])
@@ -153,6 +162,7 @@ class BackfillRunner:
         if row is not None and begun:
             log.info("%s already started by %s: %d chunk(s), %d done", self.where, row.by, len(chunks),
                      sum(c.done for c in chunks))
+            self._carried_on(row)
             return [self._chunk_info(c, len(chunks)) for c in chunks]
         created = self._begin(checksum)
         return [self._chunk_info(c, len(created)) for c in created]
@@ -366,6 +376,7 @@ class BackfillRunner:
         else:
             report = self._closing_count(bounds.get("high_water"))
         assert row is not None
+        row = self._carried_on(row)
         self.ledger.finish(row.id, "applied", started_at=row.started_at,
                            verified=json.dumps([report.detail["verified"]]))
         log.info("%s applied: %s", self.where, report.detail["verified"])

@@ -164,5 +164,9 @@ class Checkpoints:
             position=dumps(position), rows_copied=checkpoints.c.rows_copied + rows,
             status="done" if done else "pending", updated_at=utcnow()))
 
+    def claim(self, conn: Connection, run_id: str) -> None:
+        """The run ``run_id`` carries on the copy (the run that began it died): its chunks are now this run's."""
+        conn.execute(update(checkpoints).where(self._mine()).values(run_id=run_id, updated_at=utcnow()))
+
     def clear(self, conn: Connection) -> None:
         conn.execute(delete(checkpoints).where(self._mine()))

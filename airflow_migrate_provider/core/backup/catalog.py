@@ -142,11 +142,13 @@ class BackupCatalog:
                 return backup
         return None
 
-    def mark_run_succeeded(self, who: RunIdentity, keep_days: int | None) -> list[str]:
-        """Record that the run which made these backups succeeded; with ``keep_days`` they expire then."""
+    def mark_run_succeeded(self, who: RunIdentity, keep_days: int | None, inherited: list[str] | None = None
+                           ) -> list[str]:
+        """Record that the run which made these backups succeeded (and so the dead runs it took over, named by
+        ``inherited`` run keys, are complete too); with ``keep_days`` they expire then."""
         expires = utcnow() + timedelta(days=keep_days) if keep_days is not None else None
-        marked = [b.id for b in self.all() if b.dag_id == who.dag_id and b.run_id == who.run_id
-                  and b.status == "verified"]
+        runs = {who.run_key, *(inherited or [])}
+        marked = [b.id for b in self.all() if b.run_key in runs and b.status == "verified"]
         for backup_id in marked:
             self._update(backup_id, run_outcome="success", expires_at=expires)
         return marked

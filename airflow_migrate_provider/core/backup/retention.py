@@ -55,7 +55,8 @@ class PruneSelection:
 
 
 def lock_holding_run(engine: Engine, plan_id: str) -> tuple[str, str] | None:
-    """(dag/run, description) of the run holding the plan's lock now (an expired lock holds nothing)."""
+    """(dag/run, description) of the run holding the plan's lock now (an expired lock holds nothing). Backups of
+    the dead runs it took over are its own too (``Ledger.run_chain``)."""
     ledger = Ledger(engine, plan_id)
     if not ledger.exists():
         return None
@@ -103,7 +104,7 @@ def select_for_pruning(engine: Engine, plan_id: str, *, backup_ids: list[str] | 
     for b in backups:  # catalog order: newest first
         if b.id not in chosen:
             continue
-        if holding is not None and b.run_key == holding[0]:
+        if holding is not None and b.run_key in Ledger(engine, plan_id).run_chain(holding[0]):
             selection.lock_holder = holding[1]
             if b.id in named:
                 raise BackupFailed(
@@ -155,7 +156,7 @@ def prune_selected(engine: Engine, plan_id: str, selection: PruneSelection, *, d
             pruned.append(backup)
             continue
         holding = lock_holding_run(engine, plan_id)  # again: a run may have taken the lock since
-        if holding is not None and holding[0] == backup.run_key:
+        if holding is not None and backup.run_key in Ledger(engine, plan_id).run_chain(holding[0]):
             log.warning("keeping backup %s: its run %s took the plan's lock meanwhile", backup.id, backup.run_key)
             selection.held.append(backup)
             selection.lock_holder = holding[1]

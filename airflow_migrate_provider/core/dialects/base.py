@@ -24,6 +24,14 @@ from airflow_migrate_provider.core.dialects.types import ResumeHazard, TableDefi
 from airflow_migrate_provider.errors import UnsupportedDatabase
 
 
+def session_tag(host: str, pid: int) -> str:
+    """The name a migration process gives its database sessions (PostgreSQL's application_name: at most 63
+    characters), so that what a dead process still runs on the server can be found and ended."""
+    import hashlib
+
+    return "airflow-migrate:" + hashlib.sha1(f"{host}:{pid}".encode()).hexdigest()[:16]
+
+
 class Dialect(InspectorCatalog, RestoreHooks, ABC):
     """What the engine needs to know about one kind of database.
 
@@ -203,6 +211,24 @@ class Dialect(InspectorCatalog, RestoreHooks, ABC):
     def presence_held(self, engine: Engine, name: str) -> bool | None:
         """Whether some live session holds the presence lock ``name`` (None: this database cannot tell)."""
         return None
+
+    # -- who holds the run lock: the working task's session -------------------------------------------
+    @contextmanager
+    def working_session(self, engine: Engine, name: str) -> Iterator[int | None]:
+        """While a task of the lock's holder works: a session held open for the whole block (the presence lock
+        ``name`` where the database has one), yielding its server-side id (None where the database has none).
+        The server ends an idle session as soon as its client process dies, so a vanished id means a dead task."""
+        with self.presence_lock(engine, name):
+            yield None
+
+    def backend_alive(self, engine: Engine, backend_id: int) -> bool | None:
+        """Whether the server still has the session ``backend_id`` (None: this database cannot tell)."""
+        return None
+
+    def end_sessions(self, engine: Engine, host: str, pid: int, backend_id: int | None) -> list[int]:
+        """End what a dead lock holder (process ``pid`` on ``host``) still runs on the server: a statement the
+        server goes on executing after its client died. Returns the ids of the sessions ended."""
+        return []
 
     def snapshot_reader(self, bind: Engine | Connection) -> AbstractContextManager[Connection]:
         """A read-only transaction whose reads all see the database as it was when the block was entered, even

@@ -151,6 +151,31 @@ class MysqlDialect(Dialect):
                                         {"n": _lock_name(name)}).scalar() is not None
 
     @contextmanager
+    def working_session(self, engine: Engine, name: str) -> Iterator[int | None]:
+        with engine.connect() as conn:
+            named = {"n": _lock_name(name)}
+            got = conn.exec_driver_sql(f"SELECT GET_LOCK({self.param('n')}, 0), CONNECTION_ID()", named).one()
+            conn.commit()
+            try:
+                yield int(got[1])
+            finally:
+                if got[0] == 1:
+                    conn.exec_driver_sql(f"SELECT RELEASE_LOCK({self.param('n')})", named)
+
+    def backend_alive(self, engine: Engine, backend_id: int) -> bool | None:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = "
+                                        f"{self.param('b')}", {"b": backend_id}).scalar_one() > 0
+
+    def end_sessions(self, engine: Engine, host: str, pid: int, backend_id: int | None) -> list[int]:
+        # the holder's own session, if the server still runs something in it (its other sessions have no name)
+        if backend_id is None or not self.backend_alive(engine, backend_id):
+            return []
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"KILL {int(backend_id)}")
+        return [backend_id]
+
+    @contextmanager
     def snapshot_reader(self, bind: Engine | Connection) -> Iterator[Connection]:
         with ExitStack() as stack:
             conn = stack.enter_context(bind.connect()) if isinstance(bind, Engine) else bind

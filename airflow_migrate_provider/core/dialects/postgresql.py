@@ -4,18 +4,22 @@ pg_catalog."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.dialects import pg_catalog, pg_copy, pg_hashing, pg_restore
-from airflow_migrate_provider.core.dialects.base import Dialect
+from airflow_migrate_provider.core.dialects.base import Dialect, session_tag
 from airflow_migrate_provider.core.dialects.types import TableDefinition, TypeInfo
 
 # connection exceptions, serialization failure, deadlock, lock not available, shutdown, too many connections
+_PREPARED = "_airflow_migrate_pg_prepared"
 TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300")
 
 
@@ -32,6 +36,43 @@ class PostgresDialect(pg_restore.PgSegmentRestore, Dialect):
     snapshot_reads = True
     insert_overriding = " OVERRIDING SYSTEM VALUE"
     drop_cascade = " CASCADE"
+
+    def prepare(self, engine: Engine) -> None:
+        # every session names the process it works for, so that a takeover can end what a dead holder still runs
+        if getattr(engine, _PREPARED, False):
+            return
+
+        @event.listens_for(engine, "do_connect")
+        def _tag_session(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            cparams.setdefault("application_name", session_tag(socket.gethostname(), os.getpid()))
+
+        setattr(engine, _PREPARED, True)
+
+    @contextmanager
+    def working_session(self, engine: Engine, name: str) -> Iterator[int | None]:
+        with engine.connect() as conn:
+            backend = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+            conn.commit()  # idle, not idle in transaction: the server notices at once when the client dies
+            yield backend
+
+    def backend_alive(self, engine: Engine, backend_id: int) -> bool | None:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE pid = %(b)s",
+                                        {"b": backend_id}).scalar_one() > 0
+
+    def end_sessions(self, engine: Engine, host: str, pid: int, backend_id: int | None) -> list[int]:
+        # PostgreSQL goes on running a statement whose client died until it finishes: end it (waiting up to 10 s).
+        # Found by the session name the dead process gave its sessions, never by the backend pid alone: the
+        # operating system reuses a dead backend's pid for new sessions.
+        # (First select, then end one by one: in one statement the planner may call pg_terminate_backend on rows
+        # before the WHERE clause has ruled them out.)
+        find = "SELECT pid FROM pg_stat_activity WHERE application_name = %(tag)s AND pid <> pg_backend_pid()"
+        with engine.connect() as conn:
+            found = [int(r[0]) for r in conn.exec_driver_sql(find, {"tag": session_tag(host, pid)})]
+            ended = [backend for backend in found if conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(%(p)s, 10000)", {"p": backend}).scalar()]
+            conn.commit()
+        return ended
 
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, CursorResult
 
 from airflow_migrate_provider.core.kinds.base import StepKind, digest
 from airflow_migrate_provider.core.kinds.registry import register
+from airflow_migrate_provider.core.ledger import UNFINISHED
 from airflow_migrate_provider.core.step_result import StepResult
 from airflow_migrate_provider.errors import (
     ChecksumMismatch,
@@ -180,7 +181,7 @@ class SchemaKind(StepKind[SchemaStep]):
             log.info("step '%s' resumes after statement %d of %d (stopped in %s)", step.id, resume_from,
                      len(actions.statements()), previous.by)
         try:
-            return _run(ctx, step.id, "apply", checksum, actions, "do", resume_from)
+            return _run(ctx, step.id, "apply", checksum, actions, "do", resume_from, previous)
         except StepFailed:
             # Tasks of one run may race to re-apply a step a rollback reverted (several cleared chunk tasks
             # of a backfill, say): if another one applied it meanwhile, this one has nothing left to do.
@@ -202,7 +203,7 @@ class SchemaKind(StepKind[SchemaStep]):
             for row in reversed(ctx.ledger.rows(applied.step_id)):
                 if row.id <= applied.id:
                     break
-                if row.action == "revert" and row.status in ("failed", "running") and row.progress > 0:
+                if row.action == "revert" and row.status in UNFINISHED and row.progress > 0:
                     resume_from = row.progress
                     log.info("revert of step '%s' resumes after statement %d of %d (stopped in %s)",
                              applied.step_id, resume_from, len(actions.statements("undo")), row.by)
@@ -230,12 +231,12 @@ def _execute(ctx: RunContext, conn: Connection, step_id: str, action: str, state
 
 
 def _run(ctx: RunContext, step_id: str, action: str, checksum: str, actions: ActionPlan, which: str,
-         resume_from: int) -> StepResult:
+         resume_from: int, resumed: HistoryRow | None = None) -> StepResult:
     """Run the ``which`` side (do | undo) of ``actions``, record it; one transaction where it is transactional."""
     done_status = "applied" if action == "apply" else "reverted"
     statements, verify = actions.statements(which), actions.checks(which)
     ledger = ctx.ledger
-    row_id, started = ledger.start(step_id, action, checksum, actions, ctx.who)
+    row_id, started = ledger.start(step_id, action, checksum, actions, ctx.who, resumed_from=resumed)
     t0 = time.monotonic()
     try:
         if actions.transactional:
