@@ -140,13 +140,19 @@ def child_main(cfg: dict[str, Any]) -> None:
     engine = create_engine(cfg["url"])
     dialect = dialect_for(engine)
     durations: dict[str, list[float]] = {}
-    bench.record_call_durations(strategies, "fingerprint", durations)  # the backup's checksums
+    from airflow_migrate_provider.core.backup import pg_dump, segments, snapshot, sync
+
+    for module in (snapshot, pg_dump):  # the backup's checksums
+        bench.record_call_durations(module, "fingerprint", durations)
     for name in ("_run", "_stage"):  # pg_dump; loading an archive into a temporary table
         bench.record_call_durations(strategies.PgDumpStrategy, name, durations)
-    for name in ("compare", "compare_backup", "_delete_extra", "_update_and_insert", "_rebuild"):
+    for name in ("compare", "compare_backup", "_rebuild"):
         bench.record_call_durations(restore_module, name, durations)
+    for name in ("_delete_extra", "_update_and_insert"):
+        bench.record_call_durations(sync, name, durations)
+    bench.record_call_durations(segments, "stage", durations)
     counts = _RowCounts()
-    restore_log = logging.getLogger(restore_module.__name__)
+    restore_log = logging.getLogger(sync.__name__)  # the sync logs the rows it wrote
     restore_log.setLevel(logging.INFO)
     restore_log.addHandler(counts)
     restore_log.propagate = False
