@@ -147,6 +147,36 @@ def status(plan: Path, conn: ConnOption = [], conn_file: ConnFileOption = None) 
     typer.echo(commands.status(plan, _parse_conns(conn, conn_file)))
 
 
+@app.command()
+def unlock(plan: Annotated[Path, typer.Argument(help="The plan file whose lock to drop.")],
+           conn: ConnOption = [], conn_file: ConnFileOption = None,  # noqa: B006
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (scripts).")] = False,
+           force: Annotated[bool, typer.Option(
+               "--force", help="Unlock even though the holder looks alive (you know its worker is gone).")] = False,
+           ) -> None:
+    """Drop the plan's run lock left by a run that died.
+
+    Shows the holder and asks for confirmation (--yes for scripts; without a terminal, --yes is required).
+
+    Refuses while the holder is alive: its process running on this host, its database session connected, or
+    its lock not expired with nothing telling whether it is alive. --force unlocks anyway.
+
+    Who unlocked, when, and the old holder go to the ledger history; the next run inherits what the dead run
+    applied (its rollback reverts those steps too).
+    """
+    from airflow_migrate_provider.errors import UnlockRefused
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UnlockRefused(f"{question} There is no terminal to confirm on: pass --yes to unlock without "
+                                f"asking.")
+        return typer.confirm(question, default=False)
+
+    typer.echo(commands.unlock(plan, _parse_conns(conn, conn_file), force=force, confirm=confirm))
+
+
 backups_app = typer.Typer(no_args_is_help=True, help="List and prune the backups a plan's runs made in its target.")
 app.add_typer(backups_app, name="backups")
 

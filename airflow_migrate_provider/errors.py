@@ -447,3 +447,7 @@ def should_retry(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.SQLAlchemyError):
         return is_connection_error(exc)
     return False
+
+
+class UnlockRefused(MigrateError):
+    """``airflow-migrate unlock`` did not drop the lock: its holder is alive (without --force), or nobody confirmed."""

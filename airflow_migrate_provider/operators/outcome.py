@@ -72,7 +72,8 @@ class MigrationOutcomeOperator(MigrationOperator):
                     from airflow_migrate_provider.core.backup.catalog import BackupCatalog
 
                     keep = plan.backup.keep_days_after_success
-                    for backup_id in BackupCatalog(engine, plan.id).mark_run_succeeded(who, keep):
+                    for backup_id in BackupCatalog(engine, plan.id).mark_run_succeeded(
+                            who, keep, ledger.run_chain(who.run_key)):
                         self.log.info("backup %s: the run succeeded; %s", backup_id,
                                       f"it expires in {keep} day(s)" if keep is not None else "kept until pruned")
                 if ledger.release_lock(who):

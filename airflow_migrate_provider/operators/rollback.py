@@ -36,11 +36,12 @@ class RollbackOperator(MigrationOperator):
         with self.runner(context) as runner:
             backup = None
             if spec is not None:
-                from airflow_migrate_provider.core.backup.catalog import BackupCatalog
+                from airflow_migrate_provider.core.rollback import backup_before
 
-                backup = BackupCatalog(runner.engine, self.plan.id).verified_for_run(runner.who)
+                backup = backup_before(runner.ledger, runner.who)
                 if backup is None:
-                    self.log.warning("this run has no verified backup; reverting with down SQL only")
+                    self.log.warning("no verified backup of the state before this run (or before the dead runs "
+                                     "it took over); reverting with down SQL only")
             report = rollback_run(runner.ledger, runner, runner.who, backup,
                                   restore_on_difference=spec.restore_on_difference if spec else True)
         summary = {"reverted": [r.step_id for r in report.reverted], "stopped_at": report.stopped_at,

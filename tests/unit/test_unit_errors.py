@@ -44,6 +44,7 @@ RETRY: dict[str, bool] = {
     "ChecksumMismatch": False,
     "LockHeld": False,
     "LockLost": False,
+    "UnlockRefused": False,
     "VerificationFailed": False,
     "StepFailed": False,
     "TransientStepFailed": True,
