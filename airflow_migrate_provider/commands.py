@@ -306,6 +306,17 @@ def status(path: str | Path, connections: dict[str, str]) -> str:
     return ledger_reports(plan)[0]
 
 
+def unlock(path: str | Path, connections: dict[str, str], *, force: bool = False,
+           confirm: Callable[[str], bool]) -> str:
+    """Drop the plan's lock held by a dead run (``core.unlock``): refuses a live holder unless ``force``, asks
+    ``confirm(question)``, records who unlocked in the ledger history."""
+    from airflow_migrate_provider.core.ledger import Ledger
+    from airflow_migrate_provider.core.unlock import unlock_plan
+
+    with _plan_target(path, connections, ConnectionUnavailable) as (plan, engine):
+        return unlock_plan(Ledger(engine, plan.id), force=force, confirm=confirm)
+
+
 def demo(workdir: str | Path | None = None, users: int = 1000, fail_at: str | None = None,
          example: str = "add_user_preferences", notify: Callable[[str], None] | None = None,
          ) -> tuple[RunOutcome, Path, list[str]]:
