@@ -447,7 +447,8 @@ def restore(path: str | Path, connections: dict[str, str], backup_id: str) -> st
                           pid=os.getpid())
         ledger = Ledger(engine, plan.id)
         ledger.ensure()
-        lease = ledger.acquire_lock(who, plan.lock_ttl_seconds)
+        # a restore is no migration run: it does not inherit a dead run (the next migration run does)
+        lease = ledger.acquire_lock(who, plan.lock_ttl_seconds, inherit=False)
         try:
             with LockKeeper(ledger, lease, plan.lock_ttl_seconds):
                 report = restore_backup(engine, backup)
