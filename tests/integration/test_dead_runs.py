@@ -308,3 +308,16 @@ def test_takeover_columns_are_added_to_a_ledger_made_before_them(sqlite_database
         assert ledger.acquire_lock(_new_run(), TTL).took_over_from is not None
     finally:
         engine.dispose()
+
+
+def test_takeover_by_a_restore_leaves_the_dead_run_to_the_next_migration_run(engine):
+    ledger = Ledger(engine, "restore_first")
+    ledger.ensure()
+    _held_by(ledger, "r1", HOST, _dead_pid(), None)
+    restore = RunIdentity("airflow-migrate-cli", "restore-x", host=HOST, pid=os.getpid())
+    assert ledger.acquire_lock(restore, TTL, inherit=False).took_over_from is not None
+    assert ledger.run_chain(restore.run_key) == [restore.run_key]
+    assert ledger.release_lock(restore)
+    lease = ledger.acquire_lock(_new_run(), TTL)  # a fresh lock, but the dead run never completed
+    assert lease.took_over_from is not None and "run 'r1'" in lease.took_over_from
+    assert ledger.run_chain("dead_dag/r2") == ["dead_dag/r1", "dead_dag/r2"]
