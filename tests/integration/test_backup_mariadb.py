@@ -296,7 +296,10 @@ def test_the_password_reaches_mariadb_dump_only_through_a_private_option_file(ma
     [(args, env, option_file)] = launched
     assert args[1].startswith("--defaults-file=")  # the first option, so the only option file read
     assert not any(SECRET in a for a in args) and "--single-transaction" in args
-    assert env == {"PATH": os.environ["PATH"]}
+    from airflow_migrate_provider.core.backup.client_env import base_environment
+
+    assert env == base_environment() and env["PATH"] == os.environ["PATH"]  # PATH, HOME, locale, TZ: no secrets
+    assert not any(name.startswith(("MYSQL", "AIRFLOW")) for name in env)
     mode, text = option_file.split(":", 1)
     assert mode == "600" and SECRET.replace("\\", "\\\\") in text
     assert not Path(args[1].split("=", 1)[1]).exists()  # removed once the dump is written
