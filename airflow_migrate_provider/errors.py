@@ -144,7 +144,9 @@ class LockHeld(MigrateError):
         self.plan_id, self.holder, self.expires_at = plan_id, holder, expires_at
         super().__init__(
             f"plan '{plan_id}' is locked by {holder} until {expires_at}; only one run at a time may migrate "
-            f"a target. Wait for that run to finish, or if it died, for the lock to expire."
+            f"a target. Wait for that run to finish. If it died, the next run takes the lock over as soon as it "
+            f"sees that (its process gone on this host, its database session gone, or the lock expired), or drop "
+            f"the lock with `airflow-migrate unlock PLAN --conn ...`."
         )
 
 
