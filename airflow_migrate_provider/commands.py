@@ -194,7 +194,7 @@ def _run_in_home(plan: Plan, path: Path, connections: dict[str, str], home: Path
     outcome.notes += [f"approval {task_id}: no answer within {hours:g} h, the approval timed out; the run failed "
                       f"and rolled back what it applied" for task_id, hours in watch.timed_out.items()]
     if watch.interrupted is not None:
-        outcome.notes.append(_interrupted_note(plan, dag_run, watch.interrupted))
+        outcome.notes.append(_interrupted_note(plan, dag_run, watch.interrupted, outcome.phases))
     return outcome
 
 
@@ -208,27 +208,38 @@ def _raise_if_refused(plan: Plan, path: Path, dag_run: Any) -> None:
         raise RunRefused(plan.id, refusal["holder"], refusal["expires_at"], str(path))
 
 
-def _interrupted_note(plan: Plan, dag_run: Any, signum: int) -> str:
+def _interrupted_note(plan: Plan, dag_run: Any, signum: int, phases: dict[str, dict[str, str]]) -> str:
     """After a stopped run: make sure its lock is released, and say in one line what became of the run."""
     import signal
 
+    rollback = phases.get("rollback", {}).get("rollback.revert_applied", "not run")
+    if str(dag_run.state) == "success":
+        what = "the run had completed before it could be stopped (the migration is applied)"
+    elif rollback == "success":
+        what = "the run was stopped and rolled back what it applied (see the rollback above)"
+    elif rollback in ("skipped", "not run"):
+        what = "the run was stopped before it applied anything"
+    else:
+        what = (f"the run was stopped but its rollback ended {rollback}: see the rollback task's log and "
+                f"`airflow-migrate status`")
+    return f"interrupted by {signal.Signals(signum).name}: {what}; {_release_stopped_run(plan, dag_run)}"
+
+
+def _release_stopped_run(plan: Plan, dag_run: Any) -> str:
+    """Release the stopped run's lock if its outcome task could not; who holds the lock now, in words."""
     from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
     from airflow_migrate_provider.hooks.migration import MigrationHook
 
     engine = MigrationHook(plan.connections.target).get_engine()
     try:
         ledger = Ledger(engine, plan.id)
-        if ledger.exists():
-            ledger.release_lock(RunIdentity(dag_run.dag_id, dag_run.run_id))
-            holder = ledger.lock_holder()
-        else:
-            holder = None
+        if not ledger.exists():
+            return "the plan's run lock is released"
+        ledger.release_lock(RunIdentity(dag_run.dag_id, dag_run.run_id))
+        holder = ledger.lock_holder()
     finally:
         engine.dispose()
-    lock = (f"the plan's lock is now held by {holder['holder']}" if holder
-            else "the plan's run lock is released")
-    return (f"interrupted by {signal.Signals(signum).name}: the run was stopped and rolled back what it applied "
-            f"(see the rollback above); {lock}")
+    return f"the plan's lock is now held by {holder['holder']}" if holder else "the plan's run lock is released"
 
 
 def backup_reports(plan: Plan, dag_id: str, run_id: str) -> tuple[str, str]:

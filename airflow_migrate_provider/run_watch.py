@@ -116,7 +116,7 @@ class RunWatcher(threading.Thread):
         self.dag_id, self.signals, self.notify, self.timeout_hours = dag_id, signals, notify, timeout_hours
         self.report = WatchReport()
         self.finished = threading.Event()
-        self.error: BaseException | None = None
+        self.error: Exception | None = None  # the last error of a tick (logged once per kind)
         self._airflow: SimpleNamespace | None = None
         self._not_before: datetime | None = None
         self._first_seen: dict[str, float] = {}
@@ -131,13 +131,15 @@ class RunWatcher(threading.Thread):
         super().start()
 
     def run(self) -> None:
-        try:
-            while not self.finished.is_set():
-                for signum in self.signals.poll(POLL_S):
-                    self._on_signal(signum)
+        while not self.finished.is_set():
+            for signum in self.signals.poll(POLL_S):
+                self._on_signal(signum)
+            try:
                 self._tick()
-        except BaseException as exc:  # reported after the run by watching_run
-            self.error = exc
+            except Exception as exc:  # e.g. SQLite busy while dag.test() writes: try again next tick
+                if repr(exc) != repr(self.error):
+                    log.warning("watching the run's approvals: %r (trying again)", exc)
+                self.error = exc
 
     def _on_signal(self, signum: int) -> None:
         now = time.monotonic()
@@ -243,9 +245,6 @@ def watching_run(dag: Any, notify: Callable[[str], None]) -> Iterator[WatchRepor
             watcher.finished.set()
             watcher.join(timeout=10)
             STOP.clear()
-    if watcher.error is not None:
-        log.warning("the run's watcher failed (approval timeouts and signals were not watched from then on): %r",
-                    watcher.error)
 
 
 def _timeout_hours(dag: Any, task_id: str) -> float | None:

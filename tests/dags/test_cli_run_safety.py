@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from e2e_support import USERS, example_plan, seed
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from airflow_migrate_provider.core.ledger import Ledger, RunIdentity
 from airflow_migrate_provider.local_home import MARKER
@@ -304,3 +305,67 @@ def test_ctrl_c_while_waiting_for_approval_rolls_back_and_exits_130(sqlite_datab
     assert holder is None and applied == []
     assert_as_before_the_run(sqlite_database)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+
+
+def _signal_when_running(dag_id: str, task_id: str, signum: int, sent: Any) -> None:
+    """In a thread: send ``signum`` to this process once ``task_id`` of ``dag_id`` is running."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            running = session.scalar(select(TaskInstance.id).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
+                TaskInstance.state == TaskInstanceState.RUNNING))
+        if running is not None:
+            os.kill(os.getpid(), signum)
+            sent.set()
+            return
+        time.sleep(0.1)
+
+
+def test_sigterm_during_a_step_lets_it_finish_then_stops_and_rolls_back(pg_database, tmp_path, cli):
+    """A task already running finishes; the next one refuses to start; the rollback reverts both applied steps."""
+    import threading
+    import uuid
+
+    from approval_support import _preload_orm
+
+    data = {"id": f"stop_mid_step_{uuid.uuid4().hex[:8]}", "connections": {"target": "app_db"}, "retries": 0,
+            "steps": [
+                {"id": "create_a", "up": "CREATE TABLE stop_a (id int)", "down": "DROP TABLE stop_a",
+                 "verify": "SELECT to_regclass('stop_a') IS NOT NULL"},
+                {"id": "slow", "up": "CREATE TABLE stop_slow AS SELECT 1 AS id, pg_sleep(4)::text AS slept",
+                 "down": "DROP TABLE stop_slow", "verify": "SELECT to_regclass('stop_slow') IS NOT NULL"},
+                {"id": "create_b", "up": "CREATE TABLE stop_b (id int)", "down": "DROP TABLE stop_b",
+                 "verify": "SELECT to_regclass('stop_b') IS NOT NULL"},
+            ]}
+    plan = write_plan(tmp_path, data)
+    _preload_orm()
+    sent = threading.Event()
+    thread = threading.Thread(target=_signal_when_running, args=(data["id"], "steps.slow", signal.SIGTERM, sent),
+                              daemon=True)
+    thread.start()
+
+    result = cli("run", str(plan), "--conn", f"app_db={pg_database.airflow_uri}")
+    thread.join(timeout=5)
+
+    assert sent.is_set()
+    assert result.returncode == 143, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"steps.{'slow':<34} success" in result.stdout  # the running task finished
+    assert f"steps.{'create_b':<34} failed" in result.stdout  # the next one refused to start
+    assert "task steps.create_b did not start" in result.stdout + result.stderr  # its log says why
+    assert "interrupted by SIGTERM: the run was stopped and rolled back what it applied" in result.stdout
+    engine = create_engine(pg_database.sqlalchemy_url)
+    try:
+        ledger = Ledger(engine, data["id"])
+        assert ledger.lock_holder() is None and ledger.applied() == {}
+        with engine.connect() as conn:
+            left = conn.execute(text("SELECT table_name FROM information_schema.tables WHERE table_name "
+                                     "IN ('stop_a', 'stop_slow', 'stop_b')")).all()
+    finally:
+        engine.dispose()
+    assert left == []
