@@ -103,7 +103,6 @@ class WatchReport:
     """What the watcher did during the run."""
 
     timed_out: dict[str, float] = field(default_factory=dict)  # approval task id -> its timeout in hours
-    rejected: list[str] = field(default_factory=list)  # approvals rejected because the run was stopped
     interrupted: int | None = None  # the signal that stopped the run
 
 
@@ -203,8 +202,6 @@ class RunWatcher(threading.Thread):
             detail.responded_by = WATCHER
             detail.responded_at = api.timezone.utcnow()
             session.add(detail)
-            if ti.task_id not in self.report.rejected:
-                self.report.rejected.append(ti.task_id)
         api.handle_event_submit(api.TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
                                 session=session)
 

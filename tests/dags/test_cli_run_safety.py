@@ -173,20 +173,30 @@ def test_the_temporary_airflow_home_is_removed_after_the_run_unless_kept(sqlite_
 
 # --- the approval: a timeout, and a stop by SIGTERM ------------------------------------------------------------
 
-def test_an_approval_nobody_answers_times_out_rolls_back_and_exits_1(sqlite_database, tmp_path, cli):
+def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of the installed script: none of the test session's Airflow settings, its own TMPDIR."""
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST_"))}
+    env.update(TMPDIR=str(temp), **extra)
+    return env
+
+
+@pytest.mark.timeout(330, method="thread")  # a new interpreter imports Airflow and creates its metadata DB
+def test_an_approval_nobody_answers_times_out_rolls_back_and_exits_1(sqlite_database, tmp_path):
+    """The installed script, as a user runs it: with no scheduler, the command applies the plan's timeout itself."""
     seed(sqlite_database)
     data = approval_plan(timeout_hours=0.0005)  # 1.8 s
     plan = write_plan(tmp_path, data)
-    started = time.monotonic()
 
-    result = cli("run", str(plan), "--conn", f"app_db={sqlite_database.airflow_uri}")
+    result = subprocess.run([CLI, "run", str(plan), "--conn", f"app_db={sqlite_database.airflow_uri}"],
+                            capture_output=True, text=True, timeout=300, env=script_env(tmp_path))
 
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert time.monotonic() - started < 120
     assert (f"approval {APPROVAL_TASK}: no answer within 0.0005 h, the approval timed out; the run failed and rolled "
             f"back what it applied") in result.stdout
     assert f"waiting for approval of {APPROVAL_TASK}" in result.stderr
-    assert f"steps.{IRREVERSIBLE:<34} upstream_failed" in result.stdout
+    assert f"steps.{IRREVERSIBLE:<34} upstream_failed" in result.stdout  # nothing past the approval ran
     assert "Rollback (rollback.revert_applied): success" in result.stdout
     assert "DAG run: failed" in result.stdout
     holder, applied = ledger_state(sqlite_database, data["id"])
@@ -206,6 +216,7 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float) 
     raise AssertionError(f"no '{text}' within {timeout:g} s:\n{path.read_text(errors='replace')[-3000:]}")
 
 
+@pytest.mark.timeout(330, method="thread")
 def test_sigterm_while_waiting_for_approval_rolls_back_frees_the_lock_and_exits_143(sqlite_database, tmp_path):
     """The installed script in its own process, with no Airflow settings but a metadata DB URL inherited from the
     environment (a real deployment's, say): the run must use its own home's DB and never touch that one."""
@@ -216,16 +227,14 @@ def test_sigterm_while_waiting_for_approval_rolls_back_frees_the_lock_and_exits_
     with sqlite3.connect(inherited_db) as conn:
         conn.execute("CREATE TABLE dag (dag_id TEXT)")
         conn.execute("INSERT INTO dag VALUES ('production_dag')")
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTEST_"))}
-    env.update(AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{inherited_db}", TMPDIR=str(temp))
+    env = script_env(tmp_path, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{inherited_db}")
+    temp = Path(env["TMPDIR"])
     err, out = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
     with err.open("w") as stderr, out.open("w") as stdout:
         process = subprocess.Popen([CLI, "run", str(plan), "--conn", f"app_db={sqlite_database.airflow_uri}"],
                                    stdout=stdout, stderr=stderr, env=env)
         try:
-            _wait_for(err, f"waiting for approval of {APPROVAL_TASK}", process, timeout=180)
+            _wait_for(err, f"waiting for approval of {APPROVAL_TASK}", process, timeout=270)
             assert ledger_state(sqlite_database, data["id"])[0] is not None  # the run holds the lock
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
