@@ -29,6 +29,7 @@ class TableManifest:
     definition: dict[str, Any] | None = None
     stored_as: str = ""  # where the copy is: snapshot table, or the table's name in the backup file
     segments: list[list[int]] | None = None  # Fingerprint.segments of the copy (None: restores compare it whole)
+    quick: dict[str, Any] | None = None  # Fingerprint.quick of the copy: the restore's cheap first pass
 
     @property
     def fingerprint(self) -> Fingerprint:

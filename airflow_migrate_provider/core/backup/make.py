@@ -110,6 +110,6 @@ def _copy_and_verify(engine: Engine, dialect: Dialect, strategy: Strategy, backu
     for table, table_def in definitions.items():
         fp = copy.copied[table]
         manifests.append(TableManifest(table, True, fp.rows, fp.checksum, table_def.to_json(),
-                                       copy.stored_as[table], fp.segments))
+                                       copy.stored_as[table], fp.segments, fp.quick))
         log.info("backup: %s verified: %s", table, fp)
     return manifests, copy.size_bytes

@@ -160,7 +160,8 @@ class MariadbDumpStrategy(Strategy):
                 _drop_staged(conn, len(manifests))
 
     @contextmanager
-    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
+    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest],
+                  rows_where: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
         if tables and not Path(backup.location).is_file():
             raise RestoreFailed(f"backup file '{backup.location}' of backup {backup.id} is missing")
         try:

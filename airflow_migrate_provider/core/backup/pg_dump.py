@@ -110,13 +110,16 @@ class PgDumpStrategy(Strategy):
         return copy
 
     @contextmanager
-    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
+    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest],
+                  rows_where: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
         if tables and not Path(backup.location).is_file():
             raise RestoreFailed(f"backup file '{backup.location}' of backup {backup.id} is missing")
-        yield self._stage(conn, backup.location, tables)
+        yield self._stage(conn, backup.location, tables, rows_where or {})
 
-    def _stage(self, conn: Connection, location: str, tables: list[TableManifest]) -> dict[str, str]:
-        """Load each table's rows from the archive into a temporary table (dropped at commit)."""
+    def _stage(self, conn: Connection, location: str, tables: list[TableManifest],
+               rows_where: dict[str, str] | None = None) -> dict[str, str]:
+        """Load each table's rows from the archive into a temporary table (dropped at commit); of a table in
+        ``rows_where``, only the rows its condition holds for (COPY … WHERE: the rest are parsed, not stored)."""
         prep = conn.dialect.identifier_preparer
         staged: dict[str, str] = {}
         for index, manifest in enumerate(tables):
@@ -125,11 +128,11 @@ class PgDumpStrategy(Strategy):
             conn.execute(text(f"CREATE TEMPORARY TABLE {name} ("
                               + ", ".join(f"{prep.quote_identifier(c.name)} {c.type}" for c in cols)
                               + ") ON COMMIT DROP"))
-            self._load(conn, location, manifest.stored_as, name)
+            self._load(conn, location, manifest.stored_as, name, (rows_where or {}).get(manifest.table))
             staged[manifest.table] = name
         return staged
 
-    def _load(self, conn: Connection, location: str, table: str, into: str) -> None:
+    def _load(self, conn: Connection, location: str, table: str, into: str, where: str | None = None) -> None:
         """Stream the table's COPY block of ``pg_restore --data-only`` into ``into``. Reading an archive needs no
         connection: the tool gets no credentials."""
         env = libpq_environment(None)
@@ -145,7 +148,8 @@ class PgDumpStrategy(Strategy):
                 for line in lines:
                     if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
                         columns = line[line.index(b"(") : line.rindex(b")") + 1].decode()
-                        with cur.copy(f"COPY {into} {columns} FROM STDIN") as block:
+                        condition = f" WHERE {where}" if where else ""
+                        with cur.copy(f"COPY {into} {columns} FROM STDIN{condition}") as block:
                             buffer = bytearray()
                             for row in lines:
                                 if row == b"\\.\n":

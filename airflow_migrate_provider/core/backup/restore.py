@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from airflow_migrate_provider.core.backup.catalog import Backup, TableManifest
-from airflow_migrate_provider.core.backup.segments import verify_segments
+from airflow_migrate_provider.core.backup.segments import rows_wanted, verify_segments
 from airflow_migrate_provider.core.backup.staged_restore import restore_staged
 from airflow_migrate_provider.core.backup.strategies import Strategy, strategy_named
 from airflow_migrate_provider.core.backup.sync import TableState, compare, insert_all, set_action, synchronise
@@ -162,7 +162,10 @@ def _restore(conn: Connection, dialect: Dialect, strategy: Strategy, backup: Bac
     for manifest in drop:
         conn.execute(text(f"DROP TABLE IF EXISTS {quote_table(conn, manifest.table)}{dialect.drop_cascade}"))
         set_action(todo, manifest.table, "dropped")
-    with strategy.relations(conn, backup, rebuild + sync) as sources:
+    states = {s.table: s for s in todo}
+    wanted = {m.table: rows_wanted(conn, m, states[m.table]) for m in sync}
+    rows_where = {table: where for table, where in wanted.items() if where is not None}
+    with strategy.relations(conn, backup, rebuild + sync, rows_where) as sources:
         if rebuild:
             _rebuild(conn, dialect, rebuild, sources)
             for manifest in rebuild:

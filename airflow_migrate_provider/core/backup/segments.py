@@ -43,12 +43,10 @@ def segment_state(conn: Connection, manifest: TableManifest) -> TableState | Non
     if manifest.segments is None or not definition.primary_key:
         return None
     dialect = dialect_of(conn)
-    sums = dialect.segment_sums(conn, quote_table(conn, manifest.table), _quoted(conn, sorted(definition.insertable)),
-                                _quoted(conn, definition.primary_key), both_seeds=False)
-    if sums is None:
+    found = _quick_pass(conn, manifest) or _text_pass(conn, manifest)
+    if found is None:
         return None
-    now = {s: (n, h) for s, n, h, _ in sums}
-    then = {s: (n, h) for s, n, h in manifest.segments}
+    now, then = found
     differing = sorted(s for s in now.keys() | then.keys() if now.get(s) != then.get(s))
     expected = expected_text(manifest)
     if not differing:
@@ -58,6 +56,41 @@ def segment_state(conn: Connection, manifest: TableManifest) -> TableState | Non
     # the server's per-transaction counts may hold earlier transactions' writes not yet reported: start from here
     return TableState(manifest.table, expected, actual, False, True, segments=differing,
                       written_before=dialect.rows_written(conn, manifest.table))
+
+
+Sums = dict[int, tuple[int, int]]  # segment -> (rows, hash sum)
+
+
+def _quick_pass(conn: Connection, manifest: TableManifest) -> tuple[Sums, Sums] | None:
+    """The live table's and the manifest's quick sums (typed values, no row text), when the backup recorded them
+    with the hash the database computes now."""
+    if not manifest.quick:
+        return None
+    definition = manifest.table_definition
+    now = dialect_of(conn).quick_segment_sums(conn, quote_table(conn, manifest.table), definition.insertable,
+                                              definition.primary_key)
+    if now is None or now[0] != manifest.quick["scheme"]:
+        return None
+    return {s: (n, h) for s, n, h in now[1]}, {s: (n, h) for s, n, h in manifest.quick["segments"]}
+
+
+def _text_pass(conn: Connection, manifest: TableManifest) -> tuple[Sums, Sums] | None:
+    """The live table's and the manifest's sums of the row-text hashes (backups made before the quick pass)."""
+    definition = manifest.table_definition
+    sums = dialect_of(conn).segment_sums(conn, quote_table(conn, manifest.table),
+                                         _quoted(conn, sorted(definition.insertable)),
+                                         _quoted(conn, definition.primary_key), both_seeds=False)
+    if sums is None or manifest.segments is None:
+        return None
+    return {s: (n, h) for s, n, h, _ in sums}, {s: (n, h) for s, n, h in manifest.segments}
+
+
+def rows_wanted(conn: Connection, manifest: TableManifest, state: TableState) -> str | None:
+    """A condition on the table's rows that holds for the differing segments (a strategy that reads the backup
+    from a file loads only those rows), or None: every row."""
+    if state.segments is None:
+        return None
+    return dialect_of(conn).segment_filter(manifest.table_definition.primary_key, state.segments)
 
 
 def stage(conn: Connection, manifest: TableManifest, state: TableState, source: str, index: int) -> tuple[str, str]:

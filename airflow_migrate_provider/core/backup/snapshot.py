@@ -84,7 +84,8 @@ class SnapshotStrategy(Strategy):
             copy.live[table] = fingerprint(conn, quote_table(conn, table), definition.insertable)
 
     @contextmanager
-    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
+    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest],
+                  rows_where: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
         yield {t.table: quote_table(conn, t.stored_as) for t in tables}
 
     def drop(self, engine: Engine, backup: Backup) -> None:

@@ -88,7 +88,8 @@ class SqliteBackupStrategy(Strategy):
         conn.connection.driver_connection.execute(f"DETACH DATABASE {_ATTACHED}")
 
     @contextmanager
-    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
+    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest],
+                  rows_where: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
         prep = conn.dialect.identifier_preparer
         yield {t.table: f"{_ATTACHED}.{prep.quote_identifier(split_name(t.stored_as)[1])}" for t in tables}
 

@@ -79,8 +79,11 @@ class Strategy(ABC):
 
     @abstractmethod
     @contextmanager
-    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest]) -> Iterator[dict[str, str]]:
-        """Inside ``conn``'s transaction: table → a relation (SQL) holding its backed-up rows."""
+    def relations(self, conn: Connection, backup: Backup, tables: list[TableManifest],
+                  rows_where: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+        """Inside ``conn``'s transaction: table → a relation (SQL) holding its backed-up rows. ``rows_where``:
+        table → a condition on its rows (key columns unqualified); only the rows it holds are needed, a strategy
+        that has to load the rows may load just those (it may also hand back more)."""
 
     def prepare_restore(self, conn: Connection, backup: Backup) -> None:  # noqa: B027 - optional hook
         """Before ``conn``'s transaction begins (SQLite: attach the backup file)."""

@@ -32,6 +32,8 @@ class Fingerprint:
     # [segment, rows, seed-0 hash sum] per non-empty segment (by primary key), where the database hashes in SQL:
     # a restore then finds the segments that changed and compares only their rows (core/backup/segments.py)
     segments: list[list[int]] | None = field(default=None, compare=False, hash=False)
+    # {"scheme": ..., "segments": [[segment, rows, quick hash sum], ...]}: the restore's cheap first pass
+    quick: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def __str__(self) -> str:
         return f"{self.rows} rows, checksum {self.checksum[:12]}"
@@ -67,7 +69,7 @@ def fingerprint(conn: Connection, relation: str, columns: list[str], keys: list[
         if sums is not None:
             lo, hi = sum(s[2] for s in sums) % _MOD, sum(s[3] for s in sums) % _MOD
             return Fingerprint(sum(s[1] for s in sums), f"{lo:016x}{hi:016x}{structure_hash(ordered)[:16]}",
-                               sorted([s, n, h] for s, n, h, _ in sums))
+                               sorted([s, n, h] for s, n, h, _ in sums), _quick(conn, relation, ordered, keys))
     hashed = dialect_of(conn).table_hash(conn, relation, cols)
     if hashed is not None:
         rows, lo, hi = hashed
@@ -81,6 +83,11 @@ def fingerprint(conn: Connection, relation: str, columns: list[str], keys: list[
             hi = (hi + int.from_bytes(digest[8:], "big")) % _MOD
             rows += 1
     return Fingerprint(rows, f"{lo:016x}{hi:016x}{structure_hash(ordered)[:16]}")
+
+
+def _quick(conn: Connection, relation: str, columns: list[str], keys: list[str]) -> dict[str, Any] | None:
+    quick = dialect_of(conn).quick_segment_sums(conn, relation, columns, keys)
+    return None if quick is None else {"scheme": quick[0], "segments": quick[1]}
 
 
 def _row_bytes(row: Any) -> bytes:

@@ -86,6 +86,17 @@ class RestoreHooks:
         (then restores compare whole tables)."""
         return None
 
+    def quick_segment_sums(self, conn: Connection, relation: str, columns: list[str],
+                           keys: list[str]) -> tuple[str, list[list[int]]] | None:
+        """(scheme, [segment, rows, hash sum] per non-empty segment) of ``relation``: a pass much cheaper than
+        ``segment_sums`` (a 64-bit hash of each row's typed values, never equal for values whose text differs
+        except by a 64-bit collision), over the same segments; None where the database has no such hash."""
+        return None
+
+    def segment_filter(self, keys: list[str], segments: list[int]) -> str:
+        """A condition on a row (its key columns, unqualified) that holds for the rows in ``segments``."""
+        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+
     def stage_segments(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
                        segments: list[int], name: str) -> str:
         """A temporary table named ``name`` of the rows of ``relation`` in ``segments``."""
