@@ -107,6 +107,12 @@ def corruption_sql(n: int) -> list[str]:
     ]
 
 
+def share_changed_sql(n: int, every: int) -> list[str]:
+    """One row in ``every`` updated (1%: every=100), spread over the whole key range (every segment)."""
+    return [f"UPDATE {TABLE} SET name = name || ' (edited)', balance = balance + 1 WHERE id % {every} = 3"]
+
+
+SHARES = {"1%": 100, "10%": 10}  # the context scenarios: how the restore grows with what changed
 SCHEMA_CHANGE = f"ALTER TABLE {TABLE} DROP COLUMN prefs"
 EXPECTED_SYNC = {"deleted": 5, "updated": 10, "inserted": 5}  # rows our key-wise sync must touch
 
@@ -362,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     rebuild_full = Op("reference: pg_restore --clean --if-exists (archive)")
     rebuild_dump = Op("ours: restore_backup from the pg_dump backup", ours=True)
     rebuild_snap = Op("ours: restore_backup from the snapshot backup", ours=True)
+    share_ops = {share: (Op(f"reference: pg_restore --clean --if-exists (archive), {share} changed"),
+                         Op(f"ours: from the pg_dump backup, {share} changed", ours=True),
+                         Op(f"ours: from the snapshot backup, {share} changed", ours=True)) for share in SHARES}
     sizes: dict[str, list[int]] = {"cli": [], "pg_dump": [], "snapshot": []}
     medians: dict[str, list[dict[str, Any]]] = {"bak_dump": [], "bak_snap": [], "sync_dump": [], "sync_snap": [],
                                                  "rebuild_dump": [], "rebuild_snap": []}
@@ -414,6 +423,16 @@ def main(argv: list[str] | None = None) -> None:
             bench.log(f"run {i + 1}: sync restore: pg_restore -t {sync_t.runs[-1]:.2f} s, pg_restore "
                       f"{sync_full.runs[-1]:.2f} s, ours pg_dump {sync_dump.runs[-1]:.2f} s, ours snapshot "
                       f"{sync_snap.runs[-1]:.2f} s; rows changed by ours {medians['sync_dump'][-1]['rows']}")
+
+            for share, (full_op, dump_op, snap_op) in share_ops.items():  # 2b. 1% and 10% of the rows changed
+                server.run(db, *share_changed_sql(n, SHARES[share]), autocommit=False)
+                full_op.runs.append(b.pg_restore_cli(archive, only_table=False))
+                for op, backup_id in ((dump_op, dump_id), (snap_op, snap_id)):
+                    server.run(db, *share_changed_sql(n, SHARES[share]), autocommit=False)
+                    op.runs.append(b.restore(backup_id, f"{op.method} (sync)", "synchronised")["seconds"])
+                    op.equal = b.check(backup_id, op.method, must_equal=True)
+                bench.log(f"run {i + 1}: {share} changed: pg_restore {full_op.runs[-1]:.2f} s, ours pg_dump "
+                          f"{dump_op.runs[-1]:.2f} s, ours snapshot {snap_op.runs[-1]:.2f} s")
 
             # -- 3. restore after a schema change: rebuild ------------------------------------------
             for op, only_table in ((rebuild_t, True), (rebuild_full, False)):
@@ -471,6 +490,11 @@ def main(argv: list[str] | None = None) -> None:
             rep = bench.median_report(medians[key])
             print(f"  ours from {label}, median run: {restore_phases(rep)}"
                   + (f"; rows changed {rep['rows']}" if rep["rows"] else ""))
+    print()
+    header = f"{'2b. restore after a share of the rows changed':<56} {'seconds':>8} {'vs pg_restore':>14}  runs (s)"
+    lines = [f"{op.method:<56} {op.seconds:>8.2f} {op.seconds / ops[0].seconds:>13.2f}x  {op.equal}; {op.runs_text}"
+             for ops in share_ops.values() for op in ops]
+    bench.print_table(header, lines)
     print()
     print(f"`pg_restore -t {TABLE}` (run once per scenario) leaves the table with {constraints_after_t}: -t selects "
           f"the table and its rows, not its constraints, which the archive has (compare_backup: definition differs).")
