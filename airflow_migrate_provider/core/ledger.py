@@ -509,7 +509,7 @@ class Ledger:
             return state
         until = as_utc(held["expires_at"]).isoformat()
         if not state.expired:
-            raise LockHeld(self.plan_id, held["holder"] + (f" ({state.why})" if state.why else ""), until)
+            raise LockHeld(self.plan_id, held["holder"] + (f" ({state.why})" if state.alive else ""), until)
         if self.holder_present():
             raise LockHeld(self.plan_id, f"{held['holder']} (its lock expired at {until}, but a task of that run is "
                                          f"still connected to the database)", "that task ends")
