@@ -44,6 +44,8 @@ RETRY: dict[str, bool] = {
     "ChecksumMismatch": False,
     "LockHeld": False,
     "LockLost": False,
+    "RunRefused": False,  # `airflow-migrate run` only: another run holds the lock (exit 3), nothing ran
+    "AirflowHomeRefused": False,  # `airflow-migrate run` only: an --airflow-home it must not reset (exit 2)
     "UnlockRefused": False,
     "VerificationFailed": False,
     "StepFailed": False,
