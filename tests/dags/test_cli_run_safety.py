@@ -301,6 +301,7 @@ def test_ctrl_c_while_waiting_for_approval_rolls_back_and_exits_130(sqlite_datab
             time.sleep(0.2)
 
     thread = threading.Thread(target=interrupt_when_waiting, daemon=True)
+    before = signal.getsignal(signal.SIGINT)
     thread.start()
     result = cli("run", str(plan), "--conn", f"app_db={sqlite_database.airflow_uri}")
     thread.join(timeout=5)
@@ -313,27 +314,24 @@ def test_ctrl_c_while_waiting_for_approval_rolls_back_and_exits_130(sqlite_datab
     holder, applied = ledger_state(sqlite_database, data["id"])
     assert holder is None and applied == []
     assert_as_before_the_run(sqlite_database)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C works as before afterwards
 
 
-def _signal_when_running(dag_id: str, task_id: str, signum: int, sent: Any) -> None:
-    """In a thread: send ``signum`` to this process once ``task_id`` of ``dag_id`` is running."""
-    from airflow.models import TaskInstance
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import select
-
+def _signal_when_applying(db: Any, plan_id: str, step_id: str, signum: int, sent: Any) -> None:
+    """In a thread: send ``signum`` to this process once the ledger shows ``step_id`` being applied (its task
+    started its work, not just its run)."""
+    engine = create_engine(db.sqlalchemy_url)
+    ledger = Ledger(engine, plan_id)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        with create_session() as session:
-            running = session.scalar(select(TaskInstance.id).where(
-                TaskInstance.dag_id == dag_id, TaskInstance.task_id == task_id,
-                TaskInstance.state == TaskInstanceState.RUNNING))
-        if running is not None:
-            os.kill(os.getpid(), signum)
-            sent.set()
-            return
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if ledger.exists() and any(r.status == "running" for r in ledger.rows(step_id)):
+                os.kill(os.getpid(), signum)
+                sent.set()
+                return
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
 
 
 def test_sigterm_during_a_step_lets_it_finish_then_stops_and_rolls_back(pg_database, tmp_path, cli):
@@ -341,7 +339,6 @@ def test_sigterm_during_a_step_lets_it_finish_then_stops_and_rolls_back(pg_datab
     import threading
     import uuid
 
-    from approval_support import _preload_orm
 
     data = {"id": f"stop_mid_step_{uuid.uuid4().hex[:8]}", "connections": {"target": "app_db"}, "retries": 0,
             "steps": [
@@ -353,10 +350,9 @@ def test_sigterm_during_a_step_lets_it_finish_then_stops_and_rolls_back(pg_datab
                  "verify": "SELECT to_regclass('stop_b') IS NOT NULL"},
             ]}
     plan = write_plan(tmp_path, data)
-    _preload_orm()
     sent = threading.Event()
-    thread = threading.Thread(target=_signal_when_running, args=(data["id"], "steps.slow", signal.SIGTERM, sent),
-                              daemon=True)
+    thread = threading.Thread(target=_signal_when_applying, args=(pg_database, data["id"], "slow", signal.SIGTERM,
+                                                                  sent), daemon=True)
     thread.start()
 
     result = cli("run", str(plan), "--conn", f"app_db={pg_database.airflow_uri}")
