@@ -88,6 +88,23 @@ def test_segment_restore_compares_the_differing_segments_only(big, monkeypatch):
     assert len(staged) == 1 and 0 < staged[0] < ROWS // 20  # a few segments' rows, not the table
 
 
+def test_restore_after_most_segments_changed_synchronises_the_whole_table_at_once(big, monkeypatch):
+    """Past a quarter of the segments, staging them one set at a time costs more than one whole-table pass: the
+    restore takes that path (no segment staging) and still ends equal to the backup."""
+    t = big
+    before = table_text(t)
+    b = t.backup(BACKUP_BIG)
+    t.sql("UPDATE big SET amount = amount + 1 WHERE mod(id, 3) = 0")
+    monkeypatch.setattr(segments, "stage", lambda *a: pytest.fail("segments were staged"))
+    state = {s.table: s for s in compare_backup(t.engine, b)}["big"]
+    assert not state.equal and state.segments is None and "segments differ" in state.actual
+
+    report = restore_backup(t.engine, b)
+
+    assert [s.action for s in report.tables] == ["synchronised"] and report.all_equal
+    assert table_text(t) == before
+
+
 def test_unchanged_table_is_not_restored_and_nothing_is_written(big):
     t = big
     b = t.backup(BACKUP_BIG)

@@ -206,7 +206,7 @@ class PgSegmentRestore:
         if version < (14,):
             return None
         quote = self._preparer.quote_identifier  # type: ignore[attr-defined]
-        types = dict(conn.execute(text(_COLUMN_TYPES), {"r": relation}).tuples().all())
+        types = {name: typ for name, typ in conn.execute(text(_COLUMN_TYPES), {"r": relation})}
         ordered = sorted(columns)
         digest = pg_hashing.segment_hash_sql([quick_field(quote(c), types.get(c)) for c in ordered],
                                              [quote(c) for c in ordered], version)
