@@ -156,23 +156,31 @@ def docker_compose_file() -> str:
     return str(REPO / "docker" / "docker-compose.test.yml")
 
 
-@pytest.fixture(scope="session")
-def pg_server_url(request: pytest.FixtureRequest) -> str:
-    """An admin URL (Airflow/libpq form) of a PostgreSQL server where tests may create databases."""
+def _server_url(request: pytest.FixtureRequest, variable: str, service: str, port: int, docker_url: str,
+                local_url: str, label: str) -> str:
+    """An admin URL of a test server: ``$variable``, then pytest-docker's ``service`` (``docker_url`` with
+    ``{ip}``/``{port}``), then ``local_url``; a server that is not reachable is a missing service."""
     from sqlalchemy.engine import make_url
 
-    url = os.environ.get("MIGRATE_TEST_PG_URL")
+    url = os.environ.get(variable)
     if not url and _docker_usable():
         ip = request.getfixturevalue("docker_ip")
         services = request.getfixturevalue("docker_services")
-        port = services.port_for("postgres", 5432)
-        services.wait_until_responsive(check=lambda: _port_open(ip, port), timeout=60, pause=0.5)
-        url = f"postgresql://postgres:postgres@{ip}:{port}/postgres"
-    url = url or LOCAL_PG_URL
+        mapped = services.port_for(service, port)
+        services.wait_until_responsive(check=lambda: _port_open(ip, mapped), timeout=90, pause=0.5)
+        url = docker_url.format(ip=ip, port=mapped)
+    url = url or local_url
     parsed = make_url(url)
-    if not _port_open(parsed.host or "127.0.0.1", parsed.port or 5432):
-        _missing_service(f"PostgreSQL is not reachable at {parsed.host}:{parsed.port}")
+    if not _port_open(parsed.host or "127.0.0.1", parsed.port or port):
+        _missing_service(f"{label} is not reachable at {parsed.host}:{parsed.port}")
     return url
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(request: pytest.FixtureRequest) -> str:
+    """An admin URL (Airflow/libpq form) of a PostgreSQL server where tests may create databases."""
+    return _server_url(request, "MIGRATE_TEST_PG_URL", "postgres", 5432,
+                       "postgresql://postgres:postgres@{ip}:{port}/postgres", LOCAL_PG_URL, "PostgreSQL")
 
 
 def _sqlalchemy_pg(url: str) -> str:
@@ -221,20 +229,8 @@ def pg_database(pg_server_url: str) -> Iterator[TestDatabase]:
 def mysql_server_url(request: pytest.FixtureRequest) -> str:
     """An admin URL (Airflow form, ``mysql://``) of a MariaDB/MySQL server where tests may create databases:
     ``MIGRATE_TEST_MYSQL_URL``, then pytest-docker, then the local server on 127.0.0.1:3306."""
-    from sqlalchemy.engine import make_url
-
-    url = os.environ.get("MIGRATE_TEST_MYSQL_URL")
-    if not url and _docker_usable():
-        ip = request.getfixturevalue("docker_ip")
-        services = request.getfixturevalue("docker_services")
-        port = services.port_for("mariadb", 3306)
-        services.wait_until_responsive(check=lambda: _port_open(ip, port), timeout=90, pause=0.5)
-        url = f"mysql://root:mariadb@{ip}:{port}/test"
-    url = url or LOCAL_MYSQL_URL
-    parsed = make_url(url)
-    if not _port_open(parsed.host or "127.0.0.1", parsed.port or 3306):
-        _missing_service(f"MariaDB is not reachable at {parsed.host}:{parsed.port}")
-    return url
+    return _server_url(request, "MIGRATE_TEST_MYSQL_URL", "mariadb", 3306, "mysql://root:mariadb@{ip}:{port}/test",
+                       LOCAL_MYSQL_URL, "MariaDB")
 
 
 def _sqlalchemy_mysql(url: str) -> str:
