@@ -84,7 +84,7 @@ def test_hostile_plan_is_refused_with_file_line(name: str, corpus: dict[str, Pat
 
 
 WRAPPER = textwrap.dedent("""
-    import json, os, resource, sys, time
+    import json, os, sys, time
     events = []
     sys.addaudithook(lambda event, args: events.append(event) if event in {db_events!r} else None)
     from airflow_migrate_provider import commands
@@ -94,7 +94,10 @@ WRAPPER = textwrap.dedent("""
         found = commands.validate([path])
         timings[path] = time.perf_counter() - started
         problems[path] = [str(p) for p in found]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak. (ru_maxrss is not: Linux carries the parent's peak over fork and exec, so a
+    # child of a large pytest worker would report the worker's size)
+    with open("/proc/self/status") as status:
+        peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     print(json.dumps({{"timings": timings, "problems": problems, "peak_mb": peak_mb, "events": events}}))
 """).format(db_events=DB_EVENTS)
 
