@@ -18,6 +18,13 @@ from typing import Any, ClassVar
 from sqlalchemy.engine import Connection
 
 from airflow_migrate_provider.core.dialects.types import RawForeignKey, TableDefinition
+from airflow_migrate_provider.errors import UnsupportedDatabase
+
+
+def _no_segment_restore(hooks: RestoreHooks) -> UnsupportedDatabase:
+    """Only reached if a restore asks for segments where ``segment_sums`` said there are none (a bug)."""
+    return UnsupportedDatabase(f"segment restores are not supported on {getattr(hooks, 'label', 'this')} databases "
+                               f"(segment_sums returned None)")
 
 
 class RestoreHooks:
@@ -95,17 +102,17 @@ class RestoreHooks:
 
     def segment_filter(self, keys: list[str], segments: list[int]) -> str:
         """A condition on a row (its key columns, unqualified) that holds for the rows in ``segments``."""
-        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+        raise _no_segment_restore(self)
 
     def stage_segments(self, conn: Connection, relation: str, quoted_columns: str, quoted_keys: str,
                        segments: list[int], name: str) -> str:
         """A temporary table named ``name`` of the rows of ``relation`` in ``segments``."""
-        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+        raise _no_segment_restore(self)
 
     def segment_diff(self, conn: Connection, definition: TableDefinition, live: str, source: str,
                      index: int) -> str | None:
         """``diff_keys`` between the staged live rows ``live`` and the staged backed-up rows ``source``."""
-        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+        raise _no_segment_restore(self)
 
     def refuse_segment_cascades(self, conn: Connection, table: str, definition: TableDefinition, live: str,
                                 source: str, restoring: set[str]) -> None:
@@ -113,7 +120,7 @@ class RestoreHooks:
 
     def rows_differing(self, conn: Connection, live: str, source: str, quoted_columns: str) -> int:
         """How many rows of the two relations have no equal row in the other (duplicates counted)."""
-        raise NotImplementedError("segment_sums returned None: no segment restore on this database")
+        raise _no_segment_restore(self)
 
     def lock_for_restore(self, conn: Connection, tables: list[str], timeout_s: float) -> None:
         """Inside the restore's transaction: block other sessions' writes to ``tables`` until it ends."""
