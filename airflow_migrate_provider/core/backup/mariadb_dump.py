@@ -132,8 +132,6 @@ class MariadbDumpStrategy(Strategy):
             # with lock_writes the writers wait until the dump and the live fingerprints are done; without, a
             # write between the dump's snapshot and the fingerprints fails the verification (nothing kept)
             with locked(engine, dialect, list(present), lock_writes) as conn, option_file(engine.url) as defaults:
-                if lock_writes:
-                    _lock_every_row(conn, list(present))
                 run_client(dump_command(find_tool(), defaults, str(engine.url.database), list(copy.stored_as.values()),
                                         path), child_environment(), f"mariadb-dump of {', '.join(present)}",
                            watch=path)
@@ -192,14 +190,6 @@ class MariadbDumpStrategy(Strategy):
 
     def exists(self, engine: Engine, backup: Backup) -> bool:
         return not any(t.present for t in backup.tables) or Path(backup.location).is_file()
-
-
-def _lock_every_row(conn: Connection, tables: list[str]) -> None:
-    """Shared next-key locks on every row of the clustered index (``USE INDEX ()``: no secondary index), so no
-    write gets in while the dump and the fingerprints run. The dialect's write lock may read a narrow secondary
-    index instead, which leaves updates of the other columns free."""
-    for table in tables:
-        conn.exec_driver_sql(f"SELECT COUNT(*) FROM {quote_table(conn, table)} USE INDEX () LOCK IN SHARE MODE")
 
 
 def _staged_name(index: int) -> str:
